@@ -1,0 +1,35 @@
+//! [`ImportJob`]: everything a strategy needs to run one import, settled before any row is
+//! written (file and sheet read, header mapped, table known, pool and rejects log open).
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::rejects::RejectLog;
+use crate::schema::Column;
+use crate::sink::TargetTable;
+use crate::source::{Header, SourceSpec};
+
+/// One import, ready to run.
+pub struct ImportJob {
+    /// Where the rows come from.
+    pub source: SourceSpec,
+    /// The header row that was mapped.
+    pub header: Header,
+    /// The target table.
+    pub table: TargetTable,
+    /// The target column of each sheet column, in sheet order.
+    pub columns: Vec<Column>,
+    /// Connections to the server; at least `workers` of them.
+    pub pool: PgPool,
+    /// Writer connections (1 for sequential).
+    pub workers: usize,
+    /// Rows per INSERT (batch) or per COPY chunk (copy).
+    pub batch_size: usize,
+    /// Where rejected rows are recorded.
+    pub rejects: Arc<RejectLog>,
+    /// Cancelled on Ctrl-C/SIGTERM, a fatal error or once --max-errors is passed: the reader
+    /// stops, the writers finish what was already read.
+    pub cancel: CancellationToken,
+}

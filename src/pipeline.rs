@@ -1,0 +1,131 @@
+//! The shared front end of every strategy: a reader on a blocking thread reads the sheet,
+//! converts each row, records conversion rejections (once, here) and sends the good rows in
+//! chunks into a bounded channel. Strategies only group and write what comes out.
+//!
+//! Back-pressure: the channel holds [`CHUNKS_PER_WORKER`] chunks per worker, so a slow
+//! server slows the reader instead of filling memory.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use calamine::Data;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::warn;
+
+use crate::convert::{Value, convert_cell};
+use crate::job::ImportJob;
+use crate::source::read_rows;
+use crate::stats::Tally;
+
+/// Chunks the channel holds per worker before the reader waits.
+pub const CHUNKS_PER_WORKER: usize = 2;
+
+/// A task's result: what it counted, and the fatal error that stopped it, if any. The
+/// count is kept even on error, so the stats can say exactly what was written.
+pub type TaskOutcome = (Tally, anyhow::Result<()>);
+
+/// A row that passed conversion, ready to write.
+#[derive(Debug, Clone)]
+pub struct ConvertedRow {
+    /// 1-based row number in the sheet.
+    pub row_number: u32,
+    /// One value per sheet column (in sheet order), in text input form.
+    pub values: Vec<Value>,
+    /// The original cells, for the rejects file should the server refuse the row.
+    pub cells: Vec<Data>,
+}
+
+/// Rows sent together through the channel.
+pub type Chunk = Vec<ConvertedRow>;
+
+/// Starts the reader in `tasks` and returns the receiving end of its channel. The reader
+/// sends chunks of `chunk_rows` rows and stops at the end of the sheet, when the job is
+/// cancelled, or when every receiver is gone.
+pub fn start(
+    job: &Arc<ImportJob>,
+    chunk_rows: usize,
+    tasks: &mut JoinSet<TaskOutcome>,
+) -> mpsc::Receiver<Chunk> {
+    let (sender, receiver) = mpsc::channel(CHUNKS_PER_WORKER * job.workers.max(1));
+    let job = Arc::clone(job);
+    tasks.spawn_blocking(move || read_and_convert(&job, chunk_rows, &sender));
+    receiver
+}
+
+fn read_and_convert(
+    job: &ImportJob,
+    chunk_rows: usize,
+    sender: &mpsc::Sender<Chunk>,
+) -> TaskOutcome {
+    let mut tally = Tally::default();
+    let width = job.columns.len();
+    let mut chunk: Chunk = Vec::with_capacity(chunk_rows);
+    let mut fatal: anyhow::Result<()> = Ok(());
+    let mut cells_beyond_header = 0u64;
+    let mut is_header = true;
+
+    let read = read_rows(&job.source, &mut |mut row| {
+        if is_header {
+            // the first row yielded is the header, already mapped
+            is_header = false;
+            return ControlFlow::Continue(());
+        }
+        if job.cancel.is_cancelled() {
+            return ControlFlow::Break(());
+        }
+        if row.cells.len() > width {
+            if row.cells[width..]
+                .iter()
+                .any(|cell| !matches!(cell, Data::Empty))
+            {
+                cells_beyond_header += 1;
+            }
+            row.cells.truncate(width);
+            if row.cells.iter().all(|cell| matches!(cell, Data::Empty)) {
+                return ControlFlow::Continue(());
+            }
+        }
+        tally.rows_read += 1;
+        let mut values = Vec::with_capacity(width);
+        for (position, column) in job.columns.iter().enumerate() {
+            let cell = row.cells.get(position).unwrap_or(&Data::Empty);
+            match convert_cell(cell, column) {
+                Ok(value) => values.push(value),
+                Err(rejection) => {
+                    tally.error_count += 1;
+                    if let Err(error) = job.rejects.record(row.row_number, &rejection, &row.cells) {
+                        fatal = Err(error);
+                        return ControlFlow::Break(());
+                    }
+                    return ControlFlow::Continue(());
+                }
+            }
+        }
+        chunk.push(ConvertedRow {
+            row_number: row.row_number,
+            values,
+            cells: row.cells,
+        });
+        if chunk.len() >= chunk_rows {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_rows));
+            if sender.blocking_send(full).is_err() {
+                // every writer is gone (they stopped on an error): stop reading
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    if !chunk.is_empty() {
+        // an error means every writer is gone, which they report themselves
+        sender.blocking_send(chunk).ok();
+    }
+    if cells_beyond_header > 0 {
+        warn!(
+            row_count = cells_beyond_header,
+            "rows have values right of the header's last column; those values are ignored"
+        );
+    }
+    let result = fatal.and(read.map(|_| ()));
+    (tally, result)
+}

@@ -1,0 +1,159 @@
+//! INSERT builders: one row per statement (`VALUES`) or many (`SELECT ... FROM UNNEST` of
+//! one text array per column, so a statement binds one parameter per column whatever the
+//! row count: PostgreSQL's 65,535-parameter limit never applies).
+//!
+//! Values arrive as text (see `convert`) and are cast to the column's type in SQL; text
+//! columns take them uncast, so varchar(n) still refuses a value that is too long. A NOT NULL
+//! column with a default falls back to the default when its value is NULL.
+
+use sqlx::{AssertSqlSafe, PgConnection};
+
+use crate::pipeline::ConvertedRow;
+use crate::schema::Column;
+use crate::sink::{TargetTable, quote_ident};
+
+/// The INSERT statements for one target table and one sheet column order.
+#[derive(Debug, Clone)]
+pub struct InsertStatement {
+    single_row_sql: String,
+    multi_row_sql: String,
+    column_count: usize,
+}
+
+impl InsertStatement {
+    /// Builds the statements for `columns` (one per sheet column, in sheet order).
+    pub fn new(table: &TargetTable, columns: &[Column]) -> Self {
+        let column_list: Vec<String> = columns
+            .iter()
+            .map(|column| quote_ident(&column.name))
+            .collect();
+        let column_list = column_list.join(", ");
+        let target = table.name.quoted();
+
+        let placeholders: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(position, column)| value_expression(column, &format!("${}", position + 1)))
+            .collect();
+        let single_row_sql = format!(
+            "INSERT INTO {target} ({column_list}) VALUES ({})",
+            placeholders.join(", ")
+        );
+
+        let selected: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(position, column)| value_expression(column, &format!("u.c{}", position + 1)))
+            .collect();
+        let arrays: Vec<String> = (1..=columns.len())
+            .map(|position| format!("${position}::text[]"))
+            .collect();
+        let aliases: Vec<String> = (1..=columns.len())
+            .map(|position| format!("c{position}"))
+            .collect();
+        let multi_row_sql = format!(
+            "INSERT INTO {target} ({column_list}) SELECT {} FROM UNNEST({}) AS u({})",
+            selected.join(", "),
+            arrays.join(", "),
+            aliases.join(", ")
+        );
+        InsertStatement {
+            single_row_sql,
+            multi_row_sql,
+            column_count: columns.len(),
+        }
+    }
+
+    /// Inserts one row with one `INSERT ... VALUES`.
+    pub async fn insert_row(
+        &self,
+        connection: &mut PgConnection,
+        row: &ConvertedRow,
+    ) -> Result<u64, sqlx::Error> {
+        let mut query = sqlx::query(AssertSqlSafe(self.single_row_sql.as_str()));
+        for value in &row.values {
+            query = query.bind(value.as_deref());
+        }
+        Ok(query.execute(connection).await?.rows_affected())
+    }
+
+    /// Inserts all `rows` with one `INSERT ... SELECT FROM UNNEST(...)`.
+    pub async fn insert_rows(
+        &self,
+        connection: &mut PgConnection,
+        rows: &[ConvertedRow],
+    ) -> Result<u64, sqlx::Error> {
+        let mut query = sqlx::query(AssertSqlSafe(self.multi_row_sql.as_str()));
+        for position in 0..self.column_count {
+            let column: Vec<Option<&str>> = rows
+                .iter()
+                .map(|row| row.values[position].as_deref())
+                .collect();
+            query = query.bind(column);
+        }
+        Ok(query.execute(connection).await?.rows_affected())
+    }
+}
+
+/// The SQL expression that turns the text in `source` into the column's value.
+fn value_expression(column: &Column, source: &str) -> String {
+    let typed = if column.column_type.is_text() {
+        source.to_string()
+    } else {
+        format!("{source}::{}", column.sql_type)
+    };
+    match (&column.default_sql, column.not_null) {
+        // contract: NULL for a NOT NULL column gets its default (it is rejected only when
+        // there is none); a nullable column keeps the NULL, as psql's \copy would
+        (Some(default_sql), true) => format!("COALESCE({typed}, {default_sql})"),
+        _ => typed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::ColumnType;
+    use crate::sink::TableName;
+
+    fn column(name: &str, column_type: ColumnType, sql_type: &str) -> Column {
+        Column {
+            name: name.to_string(),
+            column_type,
+            sql_type: sql_type.to_string(),
+            not_null: false,
+            has_default: false,
+            default_sql: None,
+        }
+    }
+
+    #[test]
+    fn statements_quote_names_cast_non_text_and_fall_back_to_defaults() {
+        let mut created = column(
+            "created at",
+            ColumnType::TimestampTz,
+            "timestamp with time zone",
+        );
+        created.not_null = true;
+        created.has_default = true;
+        created.default_sql = Some("now()".to_string());
+        let columns = vec![
+            column("name", ColumnType::Text, "character varying(20)"),
+            column("qty", ColumnType::Integer, "integer"),
+            created,
+        ];
+        let table = TargetTable {
+            name: TableName::parse("sales.orders").unwrap(),
+            columns: columns.clone(),
+        };
+        let statement = InsertStatement::new(&table, &columns);
+        assert_eq!(
+            statement.single_row_sql,
+            r#"INSERT INTO "sales"."orders" ("name", "qty", "created at") VALUES ($1, $2::integer, COALESCE($3::timestamp with time zone, now()))"#
+        );
+        assert_eq!(
+            statement.multi_row_sql,
+            r#"INSERT INTO "sales"."orders" ("name", "qty", "created at") SELECT u.c1, u.c2::integer, COALESCE(u.c3::timestamp with time zone, now()) FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(c1, c2, c3)"#
+        );
+    }
+}

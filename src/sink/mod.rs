@@ -1,0 +1,269 @@
+//! The database side: connecting, identifier quoting, reading the target table from the
+//! catalog and creating a missing one. `insert` builds INSERTs and `copy` encodes COPY data.
+//!
+//! Identifiers from files and flags pass through [`quote_ident`], and only there. Values are
+//! never formatted into SQL: they are bound, or COPY-encoded.
+
+pub mod copy;
+pub mod insert;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
+
+use crate::schema::{Column, ColumnType, InferredType};
+
+/// How long a worker waits for a pooled connection before the run fails.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// SQLSTATE classes whose errors concern the row's data, not the run: 22 data exception,
+/// 23 integrity constraint violation, P0 PL/pgSQL raise (a trigger refusing the row).
+const ROW_ERROR_CLASSES: [&str; 3] = ["22", "23", "P0"];
+
+/// Quotes an identifier for PostgreSQL: `a"b` -> `"a""b"`.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A table name as given: `orders` or `sales.orders`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    /// The schema, when the name was qualified.
+    pub schema: Option<String>,
+    /// The table itself.
+    pub name: String,
+}
+
+impl TableName {
+    /// Parses `NAME` or `SCHEMA.NAME` (split at the first dot).
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let (schema, name) = match text.split_once('.') {
+            Some((schema, name)) => (Some(schema.to_string()), name.to_string()),
+            None => (None, text.to_string()),
+        };
+        if name.is_empty() || schema.as_deref().is_some_and(str::is_empty) {
+            bail!("invalid table name {text:?}: expected NAME or SCHEMA.NAME");
+        }
+        Ok(TableName { schema, name })
+    }
+
+    /// The quoted, possibly qualified name for SQL.
+    pub fn quoted(&self) -> String {
+        match &self.schema {
+            Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(&self.name)),
+            None => quote_ident(&self.name),
+        }
+    }
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(formatter, "{schema}.{}", self.name),
+            None => write!(formatter, "{}", self.name),
+        }
+    }
+}
+
+/// The target table as the catalog describes it.
+#[derive(Debug, Clone)]
+pub struct TargetTable {
+    /// The name as given.
+    pub name: TableName,
+    /// Its columns in table order.
+    pub columns: Vec<Column>,
+}
+
+/// Connects to `url` and returns a pool of up to `max_connections`. The first connection is
+/// made here, once, so that an unreachable server or a wrong password fails fast with a
+/// clear message (which never contains the password).
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|_| anyhow::anyhow!("invalid --database-url / DATABASE_URL: expected postgres://USER:PASSWORD@HOST:PORT/DATABASE"))?
+        .application_name("importer")
+        .log_statements(tracing::log::LevelFilter::Trace);
+    let server = format!(
+        "{}:{} (database {:?}, user {:?})",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or(options.get_username()),
+        options.get_username()
+    );
+    match PgConnection::connect_with(&options).await {
+        Ok(connection) => connection.close().await.ok(),
+        Err(error) => return Err(connection_error(error, &server)),
+    };
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options))
+}
+
+fn connection_error(error: sqlx::Error, server: &str) -> anyhow::Error {
+    match &error {
+        sqlx::Error::Database(database) if database.code().as_deref() == Some("28P01") => {
+            anyhow::anyhow!(
+                "cannot connect to PostgreSQL at {server}: password authentication failed; check the user and password in --database-url / DATABASE_URL"
+            )
+        }
+        sqlx::Error::Database(database) => {
+            anyhow::anyhow!(
+                "cannot connect to PostgreSQL at {server}: {}",
+                database.message()
+            )
+        }
+        sqlx::Error::Io(io) => anyhow::anyhow!(
+            "cannot connect to PostgreSQL at {server}: {io}; start one with `docker compose up -d --wait`, or point --database-url / DATABASE_URL at a running server"
+        ),
+        other => anyhow::anyhow!("cannot connect to PostgreSQL at {server}: {other}"),
+    }
+}
+
+/// Whether a server error is about the row's data (reject the row) rather than the run.
+pub fn is_row_error(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            ROW_ERROR_CLASSES
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
+        _ => false,
+    }
+}
+
+/// The column a server error names, if any (PostgreSQL sets it for NOT NULL violations).
+pub fn error_column(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(database) => database
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .and_then(|pg| pg.column())
+            .unwrap_or_default()
+            .to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The server's own message for an error, without sqlx's prefix.
+pub fn error_message(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(database) => database.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Reads the table's columns from the catalog; `None` when the table does not exist.
+pub async fn load_table(pool: &PgPool, name: &TableName) -> anyhow::Result<Option<TargetTable>> {
+    let oid: Option<sqlx::postgres::types::Oid> = sqlx::query_scalar("SELECT to_regclass($1)::oid")
+        .bind(name.quoted())
+        .fetch_one(pool)
+        .await
+        .with_context(|| format!("cannot look up table {name}"))?;
+    let Some(oid) = oid else {
+        return Ok(None);
+    };
+    let rows = sqlx::query(
+        "SELECT a.attname::text AS name, t.typname::text AS type_name,
+                format_type(a.atttypid, a.atttypmod) AS sql_type, a.attnotnull AS not_null,
+                (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '') AS has_default,
+                pg_get_expr(d.adbin, d.adrelid) AS default_sql
+           FROM pg_attribute a
+           JOIN pg_type t ON t.oid = a.atttypid
+           LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+          WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+          ORDER BY a.attnum",
+    )
+    .bind(oid)
+    .fetch_all(pool)
+    .await
+    .with_context(|| format!("cannot read the columns of table {name}"))?;
+    let columns = rows
+        .iter()
+        .map(|row| {
+            let type_name: String = row.try_get("type_name")?;
+            Ok(Column {
+                name: row.try_get("name")?,
+                column_type: ColumnType::from_type_name(&type_name),
+                sql_type: row.try_get("sql_type")?,
+                not_null: row.try_get("not_null")?,
+                has_default: row.try_get("has_default")?,
+                default_sql: row.try_get("default_sql")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .with_context(|| format!("cannot read the columns of table {name}"))?;
+    Ok(Some(TargetTable {
+        name: name.clone(),
+        columns,
+    }))
+}
+
+/// Creates the table with one column per folded header name and its inferred type.
+pub async fn create_table(
+    pool: &PgPool,
+    name: &TableName,
+    column_names: &[String],
+    column_types: &[InferredType],
+) -> anyhow::Result<()> {
+    let definitions: Vec<String> = column_names
+        .iter()
+        .zip(column_types)
+        .map(|(column, inferred)| format!("{} {}", quote_ident(column), inferred.sql_type()))
+        .collect();
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {} ({})",
+        name.quoted(),
+        definitions.join(", ")
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(pool)
+        .await
+        .with_context(|| format!("cannot create table {name}"))?;
+    Ok(())
+}
+
+/// Creates `scratch` shaped like `target` (columns, defaults, constraints, indexes).
+pub async fn create_table_like(
+    pool: &PgPool,
+    target: &TableName,
+    scratch: &TableName,
+) -> anyhow::Result<()> {
+    let sql = format!(
+        "CREATE TABLE {} (LIKE {} INCLUDING ALL)",
+        scratch.quoted(),
+        target.quoted()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(pool)
+        .await
+        .with_context(|| format!("cannot create scratch table {scratch} like {target}"))?;
+    Ok(())
+}
+
+/// Drops a table if it exists.
+pub async fn drop_table(pool: &PgPool, name: &TableName) -> anyhow::Result<()> {
+    let sql = format!("DROP TABLE IF EXISTS {}", name.quoted());
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(pool)
+        .await
+        .with_context(|| format!("cannot drop table {name}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted_and_names_split_at_the_first_dot() {
+        assert_eq!(quote_ident(r#"we"ird"#), r#""we""ird""#);
+        let qualified = TableName::parse("Sales.Orders 2024").unwrap();
+        assert_eq!(qualified.quoted(), r#""Sales"."Orders 2024""#);
+        assert_eq!(qualified.to_string(), "Sales.Orders 2024");
+        assert_eq!(TableName::parse("t").unwrap().quoted(), r#""t""#);
+        assert!(TableName::parse("sales.").is_err());
+        assert!(TableName::parse(".t").is_err());
+    }
+}

@@ -1,0 +1,216 @@
+//! Strategies: how converted rows are grouped and written. All four share one driver: the
+//! pipeline's reader feeds a bounded channel, `worker_count` workers take chunks from it and
+//! write them with a [`ChunkWriter`]; a chunk the server refuses is split in halves down to
+//! single rows so that only the offending rows are rejected. The strategies differ only in
+//! chunk size, worker count and writer, which is all their files say.
+
+mod batch;
+mod concurrent;
+mod copy;
+mod sequential;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use sqlx::PgConnection;
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinSet;
+use tracing::{Instrument, info_span};
+
+use crate::cli::Method;
+use crate::convert::Rejection;
+use crate::job::ImportJob;
+use crate::pipeline::{self, Chunk, ConvertedRow, TaskOutcome};
+use crate::sink::copy::CopyStatement;
+use crate::sink::insert::InsertStatement;
+use crate::sink::{error_column, error_message, is_row_error};
+use crate::stats::Tally;
+
+/// Times a piece is retried after a deadlock or serialization failure before the run fails.
+const CONFLICT_RETRIES: u32 = 3;
+
+/// What a strategy's run came to: the merged tally, and the fatal error that stopped it.
+pub struct RunReport {
+    /// Everything counted, by the reader and by every writer.
+    pub tally: Tally,
+    /// The first fatal error, if the run stopped on one.
+    pub error: Option<anyhow::Error>,
+}
+
+/// Runs `job` with `method`.
+pub async fn run(method: Method, job: Arc<ImportJob>) -> RunReport {
+    match method {
+        Method::Sequential => sequential::run(job).await,
+        Method::Concurrent => concurrent::run(job).await,
+        Method::Batch => batch::run(job).await,
+        Method::Copy => copy::run(job).await,
+    }
+}
+
+/// How the rows of a chunk reach the table.
+#[derive(Debug, Clone)]
+enum ChunkWriter {
+    /// One `INSERT ... VALUES` per row.
+    RowByRow(InsertStatement),
+    /// One multi-row INSERT per chunk.
+    MultiRow(InsertStatement),
+    /// One COPY per chunk.
+    Copy(CopyStatement),
+}
+
+impl ChunkWriter {
+    /// Writes `rows` all or nothing (RowByRow is only ever given one row at a time).
+    async fn write(
+        &self,
+        connection: &mut PgConnection,
+        rows: &[ConvertedRow],
+    ) -> Result<u64, sqlx::Error> {
+        match self {
+            ChunkWriter::RowByRow(statement) => {
+                let mut written = 0;
+                for row in rows {
+                    written += statement.insert_row(connection, row).await?;
+                }
+                Ok(written)
+            }
+            ChunkWriter::MultiRow(statement) => statement.insert_rows(connection, rows).await,
+            ChunkWriter::Copy(statement) => statement.copy_rows(connection, rows).await,
+        }
+    }
+
+    /// Whether a piece this long is written as one statement (and so can be split).
+    fn piece_rows(&self, rows: usize) -> usize {
+        match self {
+            ChunkWriter::RowByRow(_) => 1,
+            ChunkWriter::MultiRow(_) | ChunkWriter::Copy(_) => rows,
+        }
+    }
+}
+
+/// The channel's receiving end, shared by the workers. A tokio mutex is held only around
+/// `recv().await`, so a worker that is writing never blocks the others from taking chunks.
+type SharedReceiver = Arc<Mutex<mpsc::Receiver<Chunk>>>;
+
+/// Starts the pipeline and `worker_count` writers, drains them all and merges their tallies.
+/// On the first fatal error the job is cancelled: the reader stops and the other writers
+/// finish the chunks already read, so every row read is accounted for where possible.
+async fn drive(
+    job: Arc<ImportJob>,
+    chunk_rows: usize,
+    worker_count: usize,
+    writer: ChunkWriter,
+) -> RunReport {
+    let mut tasks = JoinSet::new();
+    let receiver: SharedReceiver =
+        Arc::new(Mutex::new(pipeline::start(&job, chunk_rows, &mut tasks)));
+    for worker in 0..worker_count {
+        let span = info_span!("worker", worker);
+        tasks.spawn(
+            write_chunks(Arc::clone(&job), Arc::clone(&receiver), writer.clone()).instrument(span),
+        );
+    }
+    drop(receiver);
+
+    let mut tally = Tally::default();
+    let mut first_error: Option<anyhow::Error> = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (counted, result) = match joined {
+            Ok(outcome) => outcome,
+            Err(join_error) => (
+                Tally::default(),
+                Err(anyhow::Error::new(join_error).context("a worker panicked")),
+            ),
+        };
+        tally += counted;
+        if let Err(error) = result {
+            job.cancel.cancel();
+            first_error.get_or_insert(error);
+        }
+    }
+    RunReport {
+        tally,
+        error: first_error,
+    }
+}
+
+/// One writer: takes chunks until the channel is closed and writes each one on its own
+/// pooled connection. A fatal error ends the writer; rows of its unfinished chunk are not
+/// counted (they are not known to be in).
+async fn write_chunks(
+    job: Arc<ImportJob>,
+    receiver: SharedReceiver,
+    writer: ChunkWriter,
+) -> TaskOutcome {
+    let mut tally = Tally::default();
+    let result = async {
+        let mut connection = job
+            .pool
+            .acquire()
+            .await
+            .context("cannot get a database connection for a writer")?;
+        loop {
+            let next = receiver.lock().await.recv().await;
+            let Some(chunk) = next else {
+                return Ok(());
+            };
+            write_isolating_rejects(&job, &mut connection, &writer, &chunk, &mut tally).await?;
+        }
+    }
+    .await;
+    (tally, result)
+}
+
+/// Writes a chunk; a piece the server refuses for its data is split in halves until the
+/// offending rows stand alone and are rejected (a unique violation in row 517 of 1000 costs
+/// exactly that row). Each piece commits on its own.
+async fn write_isolating_rejects(
+    job: &ImportJob,
+    connection: &mut PgConnection,
+    writer: &ChunkWriter,
+    chunk: &[ConvertedRow],
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
+    let piece_rows = writer.piece_rows(chunk.len()).max(1);
+    let mut pending: Vec<(&[ConvertedRow], u32)> = chunk
+        .chunks(piece_rows)
+        .rev()
+        .map(|piece| (piece, 0))
+        .collect();
+    while let Some((piece, attempt)) = pending.pop() {
+        let error = match writer.write(connection, piece).await {
+            Ok(_) => {
+                tally.success_count += piece.len() as u64;
+                continue;
+            }
+            Err(error) => error,
+        };
+        if is_conflict(&error) && attempt < CONFLICT_RETRIES {
+            pending.push((piece, attempt + 1));
+        } else if !is_row_error(&error) {
+            let first = piece.first().map_or(0, |row| row.row_number);
+            return Err(anyhow::Error::new(error)).with_context(|| {
+                format!(
+                    "writing rows from row {first} into table {} failed",
+                    job.table.name
+                )
+            });
+        } else if let [row] = piece {
+            tally.error_count += 1;
+            let rejection = Rejection {
+                column: error_column(&error),
+                reason: error_message(&error),
+            };
+            job.rejects.record(row.row_number, &rejection, &row.cells)?;
+        } else {
+            let (left, right) = piece.split_at(piece.len() / 2);
+            pending.push((right, attempt));
+            pending.push((left, attempt));
+        }
+    }
+    Ok(())
+}
+
+/// A deadlock or serialization failure: the piece is fine, it met a concurrent writer.
+fn is_conflict(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database) if matches!(database.code().as_deref(), Some("40P01" | "40001")))
+}

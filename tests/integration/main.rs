@@ -1,0 +1,5 @@
+//! Integration tests: the real binary against a real PostgreSQL, one database per test
+//! (see util.rs). Run with `DATABASE_URL=postgres://USER@HOST:PORT/DB cargo test`.
+
+mod strategies;
+mod util;

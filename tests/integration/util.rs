@@ -1,0 +1,259 @@
+//! Test support: one fresh PostgreSQL database per test, and a runner for the real binary.
+//!
+//! `TestDb::new()` reads `DATABASE_URL` (else the docker-compose.yml URL), creates
+//! `importer_test_<uuid>`, and drops it again when the test ends, terminating its backends
+//! first. Without a reachable server the test fails and says how to get one.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgPool};
+use tokio::runtime::Runtime;
+
+/// The docker-compose.yml server, used when DATABASE_URL is not set.
+const DEFAULT_DATABASE_URL: &str = "postgres://importer:importer@localhost:5432/importer";
+
+/// A database of its own for one test.
+pub struct TestDb {
+    /// URL of the test database, for `--database-url` / DATABASE_URL.
+    pub url: String,
+    /// Name of the test database.
+    pub name: String,
+    admin_url: String,
+    pool: Option<PgPool>,
+    runtime: Runtime,
+}
+
+impl TestDb {
+    /// Creates a fresh database on the server of DATABASE_URL.
+    pub fn new() -> TestDb {
+        let admin_url =
+            std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_string());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("test runtime starts");
+        let name = format!("importer_test_{}", uuid::Uuid::new_v4().simple());
+        let url = with_database(&admin_url, &name);
+        let pool = runtime.block_on(async {
+            let admin = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&admin_url)
+                .await
+                .unwrap_or_else(|error| {
+                    panic!(
+                        "cannot reach PostgreSQL for the tests ({error}). Start one with \
+                         `docker compose up -d --wait`, or set DATABASE_URL to a server where \
+                         this user may CREATE DATABASE (e.g. postgres://postgres@127.0.0.1:5432/postgres)"
+                    )
+                });
+            sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                .execute(&admin)
+                .await
+                .expect("test database can be created");
+            admin.close().await;
+            PgPoolOptions::new()
+                .max_connections(2)
+                .connect(&url)
+                .await
+                .expect("test database accepts connections")
+        });
+        TestDb {
+            url,
+            name,
+            admin_url,
+            pool: Some(pool),
+            runtime,
+        }
+    }
+
+    /// Runs SQL statements (no results), e.g. fixtures/businesses.sql.
+    pub fn execute(&self, sql: &str) {
+        let pool = self.pool();
+        self.runtime.block_on(async {
+            sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+                .execute(pool)
+                .await
+                .unwrap_or_else(|error| panic!("SQL failed: {error}\n{sql}"));
+        });
+    }
+
+    /// Runs a query and returns each row's columns as text (NULL as `None`), in column
+    /// order. Values go through `row_to_json`, so cast to text in the query where the exact
+    /// text form matters (timestamps, say).
+    pub fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        let wrapped = format!(
+            "SELECT ARRAY(SELECT value FROM json_each_text(row_to_json(q)) WITH ORDINALITY ORDER BY ordinality) FROM ({sql}) q"
+        );
+        let pool = self.pool();
+        self.runtime.block_on(async {
+            let rows: Vec<(Vec<Option<String>>,)> = sqlx::query_as(AssertSqlSafe(wrapped))
+                .fetch_all(pool)
+                .await
+                .unwrap_or_else(|error| panic!("query failed: {error}\n{sql}"));
+            rows.into_iter().map(|(row,)| row).collect()
+        })
+    }
+
+    /// The single value of a one-row, one-column query, as text.
+    pub fn scalar(&self, sql: &str) -> Option<String> {
+        let rows = self.rows(sql);
+        assert_eq!(rows.len(), 1, "expected one row from {sql}");
+        rows[0][0].clone()
+    }
+
+    /// `SELECT count(*)` of a table.
+    pub fn count(&self, table: &str) -> i64 {
+        self.scalar(&format!("SELECT count(*) FROM {table}"))
+            .expect("count is not null")
+            .parse()
+            .expect("count is a number")
+    }
+
+    fn pool(&self) -> &PgPool {
+        self.pool.as_ref().expect("pool lives until drop")
+    }
+
+    /// Runs the importer binary with DATABASE_URL pointing at this database.
+    pub fn importer(&self, args: &[&str]) -> Run {
+        run_importer(args, Some(&self.url))
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            self.runtime.block_on(pool.close());
+        }
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        self.runtime.block_on(async move {
+            if let Ok(admin) = PgPoolOptions::new().max_connections(1).connect(&admin_url).await {
+                let terminate = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()";
+                sqlx::query(terminate).bind(&name).execute(&admin).await.ok();
+                sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\"")))
+                    .execute(&admin)
+                    .await
+                    .ok();
+                admin.close().await;
+            }
+        });
+    }
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_end = base.find("://").map_or(0, |scheme| scheme + 3);
+    let server = match base[authority_end..].find('/') {
+        Some(slash) => &base[..authority_end + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{server}/{database}?{query}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+/// What one run of the binary did.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The stdout parsed as the one JSON object of `--format json`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|error| {
+            panic!(
+                "stdout is not one JSON object ({error}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs the binary; `database_url` is exported as DATABASE_URL when given.
+pub fn run_importer(args: &[&str], database_url: Option<&str>) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_importer"));
+    command
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("DATABASE_URL");
+    if let Some(url) = database_url {
+        command.env("DATABASE_URL", url);
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().expect("the importer binary runs");
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// A committed fixture under tests/fixtures/.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The project's fixtures/ folder (businesses.xlsx, businesses.sql).
+pub fn project_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// A fresh temporary directory, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let path =
+            std::env::temp_dir().join(format!("importer-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).expect("temp dir is created");
+        TempDir(path)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+#[test]
+fn with_database_replaces_only_the_database() {
+    assert_eq!(
+        with_database("postgres://u:p@h:5432/db", "t"),
+        "postgres://u:p@h:5432/t"
+    );
+    assert_eq!(
+        with_database("postgres://h/db?sslmode=disable", "t"),
+        "postgres://h/t?sslmode=disable"
+    );
+    assert_eq!(with_database("postgres://h", "t"), "postgres://h/t");
+}
