@@ -13,9 +13,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use crate::convert::{Value, convert_cell};
+use crate::convert::{Rejection, Value, convert_cell};
 use crate::job::ImportJob;
-use crate::source::read_rows;
+use crate::schema::Column;
+use crate::source::{SheetRow, read_rows};
 use crate::stats::Tally;
 
 /// Chunks the channel holds per worker before the reader waits.
@@ -53,6 +54,27 @@ pub fn start(
     receiver
 }
 
+/// Converts every cell of a row for its column (one column per sheet column). A row with a
+/// bad cell is refused as a whole, for its first bad column, and handed back with its cells.
+pub fn convert_row(
+    columns: &[Column],
+    row: SheetRow,
+) -> Result<ConvertedRow, (u32, Rejection, Vec<Data>)> {
+    let mut values = Vec::with_capacity(columns.len());
+    for (position, column) in columns.iter().enumerate() {
+        let cell = row.cells.get(position).unwrap_or(&Data::Empty);
+        match convert_cell(cell, column) {
+            Ok(value) => values.push(value),
+            Err(rejection) => return Err((row.row_number, rejection, row.cells)),
+        }
+    }
+    Ok(ConvertedRow {
+        row_number: row.row_number,
+        values,
+        cells: row.cells,
+    })
+}
+
 fn read_and_convert(
     job: &ImportJob,
     chunk_rows: usize,
@@ -87,26 +109,17 @@ fn read_and_convert(
             }
         }
         tally.rows_read += 1;
-        let mut values = Vec::with_capacity(width);
-        for (position, column) in job.columns.iter().enumerate() {
-            let cell = row.cells.get(position).unwrap_or(&Data::Empty);
-            match convert_cell(cell, column) {
-                Ok(value) => values.push(value),
-                Err(rejection) => {
-                    tally.error_count += 1;
-                    if let Err(error) = job.rejects.record(row.row_number, &rejection, &row.cells) {
-                        fatal = Err(error);
-                        return ControlFlow::Break(());
-                    }
-                    return ControlFlow::Continue(());
+        match convert_row(&job.columns, row) {
+            Ok(converted) => chunk.push(converted),
+            Err((row_number, rejection, cells)) => {
+                tally.error_count += 1;
+                if let Err(error) = job.rejects.record(row_number, &rejection, &cells) {
+                    fatal = Err(error);
+                    return ControlFlow::Break(());
                 }
+                return ControlFlow::Continue(());
             }
         }
-        chunk.push(ConvertedRow {
-            row_number: row.row_number,
-            values,
-            cells: row.cells,
-        });
         if chunk.len() >= chunk_rows {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_rows));
             if sender.blocking_send(full).is_err() {

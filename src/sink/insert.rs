@@ -6,7 +6,7 @@
 //! columns take them uncast, so varchar(n) still refuses a value that is too long. A NOT NULL
 //! column with a default falls back to the default when its value is NULL.
 
-use sqlx::{AssertSqlSafe, PgConnection};
+use sqlx::PgConnection;
 
 use crate::pipeline::ConvertedRow;
 use crate::schema::Column;
@@ -70,7 +70,7 @@ impl InsertStatement {
         connection: &mut PgConnection,
         row: &ConvertedRow,
     ) -> Result<u64, sqlx::Error> {
-        let mut query = sqlx::query(AssertSqlSafe(self.single_row_sql.as_str()));
+        let mut query = sqlx::query(&self.single_row_sql);
         for value in &row.values {
             query = query.bind(value.as_deref());
         }
@@ -83,7 +83,7 @@ impl InsertStatement {
         connection: &mut PgConnection,
         rows: &[ConvertedRow],
     ) -> Result<u64, sqlx::Error> {
-        let mut query = sqlx::query(AssertSqlSafe(self.multi_row_sql.as_str()));
+        let mut query = sqlx::query(&self.multi_row_sql);
         for position in 0..self.column_count {
             let column: Vec<Option<&str>> = rows
                 .iter()

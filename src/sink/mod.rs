@@ -217,7 +217,7 @@ pub async fn create_table(
         name.quoted(),
         definitions.join(", ")
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
+    sqlx::query(&sql)
         .execute(pool)
         .await
         .with_context(|| format!("cannot create table {name}"))?;
@@ -235,7 +235,7 @@ pub async fn create_table_like(
         scratch.quoted(),
         target.quoted()
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
+    sqlx::query(&sql)
         .execute(pool)
         .await
         .with_context(|| format!("cannot create scratch table {scratch} like {target}"))?;
@@ -245,7 +245,7 @@ pub async fn create_table_like(
 /// Drops a table if it exists.
 pub async fn drop_table(pool: &PgPool, name: &TableName) -> anyhow::Result<()> {
     let sql = format!("DROP TABLE IF EXISTS {}", name.quoted());
-    sqlx::query(sqlx::AssertSqlSafe(sql))
+    sqlx::query(&sql)
         .execute(pool)
         .await
         .with_context(|| format!("cannot drop table {name}"))?;

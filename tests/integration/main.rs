@@ -1,5 +1,9 @@
 //! Integration tests: the real binary against a real PostgreSQL, one database per test
 //! (see util.rs). Run with `DATABASE_URL=postgres://USER@HOST:PORT/DB cargo test`.
 
+mod cli;
+mod create_table;
+mod formats;
+mod rejects;
 mod strategies;
 mod util;

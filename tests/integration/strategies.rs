@@ -2,6 +2,9 @@
 
 use crate::util::{TempDir, TestDb, project_fixture, run_importer};
 
+/// Table rows as text, in order.
+type Rows = Vec<Vec<Option<String>>>;
+
 const METHODS: [&str; 4] = ["sequential", "concurrent", "batch", "copy"];
 
 /// The stats fields that must agree between methods.
@@ -36,7 +39,7 @@ fn every_method_leaves_the_same_rows_and_stats() {
     assert_eq!(generated.code, 0, "{generated:?}");
     let schema = std::fs::read_to_string(project_fixture("businesses.sql")).unwrap();
 
-    let mut reference: Option<(Vec<Vec<Option<String>>>, (u64, u64, u64))> = None;
+    let mut reference: Option<(Rows, (u64, u64, u64))> = None;
     for method in METHODS {
         let db = TestDb::new();
         db.execute(&schema);

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{AssertSqlSafe, PgPool};
 use tokio::runtime::Runtime;
 
 /// The docker-compose.yml server, used when DATABASE_URL is not set.
@@ -48,7 +48,7 @@ impl TestDb {
                          this user may CREATE DATABASE (e.g. postgres://postgres@127.0.0.1:5432/postgres)"
                     )
                 });
-            sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            sqlx::query(&format!("CREATE DATABASE \"{name}\""))
                 .execute(&admin)
                 .await
                 .expect("test database can be created");
@@ -72,7 +72,7 @@ impl TestDb {
     pub fn execute(&self, sql: &str) {
         let pool = self.pool();
         self.runtime.block_on(async {
-            sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+            sqlx::raw_sql(sql)
                 .execute(pool)
                 .await
                 .unwrap_or_else(|error| panic!("SQL failed: {error}\n{sql}"));
@@ -88,7 +88,7 @@ impl TestDb {
         );
         let pool = self.pool();
         self.runtime.block_on(async {
-            let rows: Vec<(Vec<Option<String>>,)> = sqlx::query_as(AssertSqlSafe(wrapped))
+            let rows: Vec<(Vec<Option<String>>,)> = sqlx::query_as(&wrapped)
                 .fetch_all(pool)
                 .await
                 .unwrap_or_else(|error| panic!("query failed: {error}\n{sql}"));
@@ -131,7 +131,7 @@ impl Drop for TestDb {
             if let Ok(admin) = PgPoolOptions::new().max_connections(1).connect(&admin_url).await {
                 let terminate = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()";
                 sqlx::query(terminate).bind(&name).execute(&admin).await.ok();
-                sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\"")))
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\""))
                     .execute(&admin)
                     .await
                     .ok();
@@ -256,4 +256,95 @@ fn with_database_replaces_only_the_database() {
         "postgres://h/t?sslmode=disable"
     );
     assert_eq!(with_database("postgres://h", "t"), "postgres://h/t");
+}
+
+/// One cell of a workbook written by [`write_workbook`].
+#[derive(Debug, Clone)]
+pub enum Cell {
+    /// Nothing is written.
+    Empty,
+    Text(String),
+    Number(f64),
+    Bool(bool),
+    /// A real date cell: "YYYY-MM-DD" (date format) or "YYYY-MM-DD HH:MM:SS" (date-time format).
+    Date(String),
+}
+
+impl From<&str> for Cell {
+    fn from(text: &str) -> Cell {
+        Cell::Text(text.to_string())
+    }
+}
+
+impl From<f64> for Cell {
+    fn from(value: f64) -> Cell {
+        Cell::Number(value)
+    }
+}
+
+impl From<bool> for Cell {
+    fn from(value: bool) -> Cell {
+        Cell::Bool(value)
+    }
+}
+
+/// Writes an .xlsx file with typed cells: one `(sheet name, rows)` per sheet, the first row
+/// being sheet row 1.
+pub fn write_workbook(path: &Path, sheets: &[(&str, Vec<Vec<Cell>>)]) {
+    let date_format = rust_xlsxwriter::Format::new().set_num_format("yyyy-mm-dd");
+    let datetime_format = rust_xlsxwriter::Format::new().set_num_format("yyyy-mm-dd hh:mm:ss");
+    let mut workbook = rust_xlsxwriter::Workbook::new();
+    for (sheet_name, rows) in sheets {
+        let sheet = workbook.add_worksheet();
+        sheet.set_name(*sheet_name).expect("valid sheet name");
+        for (row_index, row) in rows.iter().enumerate() {
+            let row_index = row_index as u32;
+            for (column_index, cell) in row.iter().enumerate() {
+                let column_index = column_index as u16;
+                match cell {
+                    Cell::Empty => continue,
+                    Cell::Text(text) => sheet.write_string(row_index, column_index, text),
+                    Cell::Number(value) => sheet.write_number(row_index, column_index, *value),
+                    Cell::Bool(value) => sheet.write_boolean(row_index, column_index, *value),
+                    Cell::Date(text) => {
+                        let datetime = rust_xlsxwriter::ExcelDateTime::parse_from_str(text)
+                            .expect("test dates are valid");
+                        let format = if text.len() > 10 {
+                            &datetime_format
+                        } else {
+                            &date_format
+                        };
+                        sheet.write_datetime_with_format(row_index, column_index, &datetime, format)
+                    }
+                }
+                .expect("cell is written");
+            }
+        }
+    }
+    workbook.save(path).expect("workbook is saved");
+}
+
+/// Checks a fatal run: exit 1, exactly one `error: ` line on stderr, every other stderr line
+/// a log line, no panic or backtrace. Returns the error line.
+pub fn fatal_error_line(run: &Run) -> String {
+    assert_eq!(run.code, 1, "fatal errors exit 1\n{run:?}");
+    assert!(
+        !run.stderr.contains("panicked") && !run.stderr.contains("backtrace"),
+        "no panic\n{run:?}"
+    );
+    let error_lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|line| line.starts_with("error: "))
+        .collect();
+    assert_eq!(error_lines.len(), 1, "one `error: ` line\n{run:?}");
+    for line in run.stderr.lines() {
+        let is_log_line = line.starts_with(|first: char| first.is_ascii_digit())
+            && (line.contains(" WARN ") || line.contains(" ERROR "));
+        assert!(
+            line.starts_with("error: ") || is_log_line,
+            "stderr holds the error line and log lines only, not {line:?}\n{run:?}"
+        );
+    }
+    error_lines[0].to_string()
 }
