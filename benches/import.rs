@@ -85,7 +85,9 @@ fn benches(criterion: &mut Criterion) {
                             build_job(&prepared, table.clone(), method, 1000, rejects, cancel)
                                 .expect("bench job");
                         let started = Instant::now();
-                        let (report, _) = run_job(method, job).await.expect("bench import runs");
+                        let (report, _) = run_job(method, job, false)
+                            .await
+                            .expect("bench import runs");
                         elapsed += started.elapsed();
                         assert!(report.error.is_none(), "bench import failed");
                         assert_eq!(report.tally.success_count, ROW_COUNT);

@@ -143,6 +143,11 @@ pub struct RunArgs {
     /// How the stats are printed on stdout
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
+
+    /// Read, map and convert every row, write the rejects file and the stats, but write
+    /// nothing to the database (a missing table is not created: its inferred types are logged)
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// How `importer bench` prints its comparison.

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use crate::convert::{Rejection, Value, convert_cell};
+use crate::convert::{Rejection, Value, cell_text, convert_cell};
 use crate::job::ImportJob;
 use crate::schema::Column;
 use crate::source::{SheetRow, read_rows};
@@ -33,8 +33,25 @@ pub struct ConvertedRow {
     pub row_number: u32,
     /// One value per sheet column (in sheet order), in text input form.
     pub values: Vec<Value>,
-    /// The original cells, for the rejects file should the server refuse the row.
-    pub cells: Vec<Data>,
+    /// The cell text of the positions whose value is not that text (a date cell, a
+    /// trimmed integer, ...), so the rejects file can show the row as it was. Text cells
+    /// are moved into `values`, not copied: most rows carry nothing here.
+    pub originals: Vec<(usize, String)>,
+}
+
+impl ConvertedRow {
+    /// The row's cells as text, as the rejects file shows them.
+    pub fn cell_texts(&self) -> Vec<String> {
+        let mut texts: Vec<String> = self
+            .values
+            .iter()
+            .map(|value| value.clone().unwrap_or_default())
+            .collect();
+        for (position, original) in &self.originals {
+            texts[*position].clone_from(original);
+        }
+        texts
+    }
 }
 
 /// Rows sent together through the channel.
@@ -55,23 +72,49 @@ pub fn start(
 }
 
 /// Converts every cell of a row for its column (one column per sheet column). A row with a
-/// bad cell is refused as a whole, for its first bad column, and handed back with its cells.
+/// bad cell is refused as a whole, for its first bad column, and handed back as the row
+/// number, the rejection and the row's cells as text.
 pub fn convert_row(
     columns: &[Column],
     row: SheetRow,
-) -> Result<ConvertedRow, (u32, Rejection, Vec<Data>)> {
-    let mut values = Vec::with_capacity(columns.len());
+) -> Result<ConvertedRow, (u32, Rejection, Vec<String>)> {
+    let SheetRow { row_number, cells } = row;
+    let mut values: Vec<Value> = Vec::with_capacity(columns.len());
+    let mut originals = Vec::new();
+    let mut cells = cells.into_iter();
     for (position, column) in columns.iter().enumerate() {
-        let cell = row.cells.get(position).unwrap_or(&Data::Empty);
-        match convert_cell(cell, column) {
-            Ok(value) => values.push(value),
-            Err(rejection) => return Err((row.row_number, rejection, row.cells)),
+        let cell = cells.next().unwrap_or(Data::Empty);
+        match cell {
+            // the hot path: a text cell into a text column is its own value, moved
+            Data::String(text) if column.column_type.is_text() && !text.is_empty() => {
+                values.push(Some(text));
+            }
+            cell => match convert_cell(&cell, column) {
+                Ok(value) => {
+                    let text = cell_text(&cell);
+                    if value.as_deref().unwrap_or_default() != text {
+                        originals.push((position, text));
+                    }
+                    values.push(value);
+                }
+                Err(rejection) => {
+                    let mut texts = ConvertedRow {
+                        row_number,
+                        values,
+                        originals,
+                    }
+                    .cell_texts();
+                    texts.push(cell_text(&cell));
+                    texts.extend(cells.map(|cell| cell_text(&cell)));
+                    return Err((row_number, rejection, texts));
+                }
+            },
         }
     }
     Ok(ConvertedRow {
-        row_number: row.row_number,
+        row_number,
         values,
-        cells: row.cells,
+        originals,
     })
 }
 
@@ -111,9 +154,9 @@ fn read_and_convert(
         tally.rows_read += 1;
         match convert_row(&job.columns, row) {
             Ok(converted) => chunk.push(converted),
-            Err((row_number, rejection, cells)) => {
+            Err((row_number, rejection, cell_texts)) => {
                 tally.error_count += 1;
-                if let Err(error) = job.rejects.record(row_number, &rejection, &cells) {
+                if let Err(error) = job.rejects.record(row_number, &rejection, &cell_texts) {
                     fatal = Err(error);
                     return ControlFlow::Break(());
                 }

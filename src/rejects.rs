@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::Context;
-use calamine::Data;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::convert::{Rejection, cell_text};
+use crate::convert::Rejection;
 
 /// Rejections logged at warn level before the log goes quiet (the rest: debug and the file).
 const WARNED_REJECTIONS: u64 = 10;
@@ -69,13 +68,13 @@ impl RejectLog {
         })
     }
 
-    /// Records one rejected row: its 1-based row number, what was wrong, and its cells.
-    /// An error here (the rejects file cannot be written) is fatal for the run.
+    /// Records one rejected row: its 1-based row number, what was wrong, and its cells as
+    /// text. An error here (the rejects file cannot be written) is fatal for the run.
     pub fn record(
         &self,
         row_number: u32,
         rejection: &Rejection,
-        cells: &[Data],
+        cell_texts: &[String],
     ) -> anyhow::Result<()> {
         let mut state = self
             .state
@@ -94,7 +93,7 @@ impl RejectLog {
             record.push(rejection.column.clone());
             record.push(rejection.reason.clone());
             for sheet_column in 0..self.header_width {
-                record.push(cells.get(sheet_column).map(cell_text).unwrap_or_default());
+                record.push(cell_texts.get(sheet_column).cloned().unwrap_or_default());
             }
             writer
                 .write_record(&record)

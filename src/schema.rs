@@ -220,6 +220,27 @@ pub enum InferredType {
 }
 
 impl InferredType {
+    /// The column a created table would have: what `--dry-run` maps onto when the table
+    /// does not exist yet.
+    pub fn column(self, name: &str) -> Column {
+        let column_type = match self {
+            InferredType::BigInt => ColumnType::BigInt,
+            InferredType::Double => ColumnType::Float,
+            InferredType::Boolean => ColumnType::Boolean,
+            InferredType::Date => ColumnType::Date,
+            InferredType::Timestamp => ColumnType::Timestamp,
+            InferredType::Text => ColumnType::Text,
+        };
+        Column {
+            name: name.to_string(),
+            column_type,
+            sql_type: self.sql_type().to_string(),
+            not_null: false,
+            has_default: false,
+            default_sql: None,
+        }
+    }
+
     /// The SQL spelling used in `CREATE TABLE`.
     pub fn sql_type(self) -> &'static str {
         match self {

@@ -2,16 +2,21 @@
 //! non-blank rows from the header row down as [`SheetRow`]s with 1-based row numbers.
 //!
 //! Blocking: call it from `spawn_blocking` or a plain thread. .xlsx/.xlsm and .xlsb are
-//! streamed cell by cell (calamine's cell reader), so memory does not grow with the row
-//! count; .xls and .ods are materialised by calamine as a range first. It knows nothing of
-//! tables or types: `pipeline` converts what it yields.
+//! streamed cell by cell (calamine's cell reader) and .ods by our own reader (`ods`, since
+//! calamine's parses every sheet into a dense grid at open), so memory does not grow with
+//! the row count; .xls is materialised by calamine as a range first. Every format feeds
+//! one `RowAssembler`, so blank rows, the header row and row numbers are handled once. It
+//! knows nothing of tables or types: `pipeline` converts what it yields.
 
+mod ods;
+
+use std::error::Error;
 use std::fs::File;
 use std::io::BufReader;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use calamine::{Data, DataRef, Range, Reader, Sheets, open_workbook_auto};
 
 use crate::convert::cell_text;
@@ -98,6 +103,20 @@ pub fn read_rows(
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         return Ok(name.into_owned());
     }
+    if extension(path).as_deref() == Some("ods") {
+        let mut workbook = ods::OdsWorkbook::open(path)?;
+        let sheet_name = pick_sheet(&workbook.sheet_names()?, spec.sheet.as_deref(), path)?;
+        workbook.read_sheet(&sheet_name, &mut |position, cell| {
+            rows.push_owned(position, cell);
+            if rows.stopped {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })?;
+        rows.flush();
+        return Ok(sheet_name);
+    }
     let mut workbook = open_workbook(path)?;
     let sheet_name = pick_sheet(&workbook.sheet_names(), spec.sheet.as_deref(), path)?;
     let context = || format!("cannot read sheet {sheet_name:?} of {}", path.display());
@@ -105,9 +124,14 @@ pub fn read_rows(
         Sheets::Xlsx(xlsx) => {
             let mut reader = xlsx
                 .worksheet_cells_reader(&sheet_name)
+                .map_err(calamine_error)
                 .with_context(context)?;
             while !rows.stopped {
-                match reader.next_cell().with_context(context)? {
+                match reader
+                    .next_cell()
+                    .map_err(calamine_error)
+                    .with_context(context)?
+                {
                     Some(cell) => rows.push(cell.get_position(), cell.get_value()),
                     None => break,
                 }
@@ -116,23 +140,49 @@ pub fn read_rows(
         Sheets::Xlsb(xlsb) => {
             let mut reader = xlsb
                 .worksheet_cells_reader(&sheet_name)
+                .map_err(calamine_error)
                 .with_context(context)?;
             while !rows.stopped {
-                match reader.next_cell().with_context(context)? {
+                match reader
+                    .next_cell()
+                    .map_err(calamine_error)
+                    .with_context(context)?
+                {
                     Some(cell) => rows.push(cell.get_position(), cell.get_value()),
                     None => break,
                 }
             }
         }
+        // Sheets::Ods never comes back: .ods files were read by `ods` above
         Sheets::Xls(_) | Sheets::Ods(_) => {
             let range = workbook
                 .worksheet_range(&sheet_name)
+                .map_err(calamine_error)
                 .with_context(context)?;
             read_range(&range, &mut rows);
         }
     }
     rows.flush();
     Ok(sheet_name)
+}
+
+/// The innermost cause of `error`, as text.
+///
+/// calamine's errors (and zip's, quick-xml's) print their cause inside their own message
+/// and also return it from `source()`, so anyhow's `{:#}` would repeat it once per level
+/// (`Xlsx error: Zip error: invalid Zip archive: ...: invalid Zip archive: ...`); the
+/// innermost one says what is wrong, and our context names the file.
+fn innermost_cause(error: &(dyn Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// A calamine error as a single-level anyhow error holding only its innermost cause.
+fn calamine_error<E: Error + 'static>(error: E) -> anyhow::Error {
+    anyhow!(innermost_cause(&error))
 }
 
 fn extension(path: &Path) -> Option<String> {
@@ -145,7 +195,7 @@ fn open_workbook(path: &Path) -> anyhow::Result<Sheets<BufReader<File>>> {
         extension(path).as_deref(),
         Some("xlsx" | "xlsm" | "xlsb" | "xls" | "ods")
     );
-    open_workbook_auto(path).with_context(|| {
+    open_workbook_auto(path).map_err(calamine_error).with_context(|| {
         if known {
             format!("cannot open {}: not a readable workbook (corrupt or truncated?)", path.display())
         } else {
@@ -374,5 +424,35 @@ mod tests {
             r#"sheet "Q4" not found in sales.xlsx (sheets: "Q1", "2", "Q3")"#
         );
         assert!(pick_sheet(&names, Some("7"), path).is_err());
+    }
+
+    #[test]
+    fn a_bad_workbook_is_one_line_with_only_the_innermost_cause() {
+        let dir = std::env::temp_dir().join(format!("importer-source-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir is writable");
+        for name in ["junk.xlsx", "junk.xlsb", "junk.xls", "junk.ods"] {
+            let path = dir.join(name);
+            std::fs::write(&path, b"not a workbook").expect("temp file is writable");
+            let spec = SourceSpec {
+                path: path.clone(),
+                sheet: None,
+                header_row: 1,
+            };
+            let message = format!("{:#}", read_header(&spec).unwrap_err());
+            let prefix = format!(
+                "cannot open {}: not a readable workbook (corrupt or truncated?): ",
+                path.display()
+            );
+            assert!(message.starts_with(&prefix), "{message}");
+            let cause = &message[prefix.len()..];
+            // calamine's wrappers ("Xlsx error: Zip error: ...") are gone, and no part of
+            // the cause is repeated
+            assert!(!cause.contains(" error: "), "{message}");
+            let parts: Vec<&str> = cause.split(": ").collect();
+            let distinct: std::collections::HashSet<&str> = parts.iter().copied().collect();
+            assert_eq!(parts.len(), distinct.len(), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

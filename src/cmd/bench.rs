@@ -139,7 +139,7 @@ async fn measure(
     )?);
     let job = build_job(prepared, table, method, batch_size, rejects, cancel)?;
     let started = Instant::now();
-    let (report, signal) = run_job(method, job).await?;
+    let (report, signal) = run_job(method, job, false).await?;
     let seconds = started.elapsed().as_secs_f64();
     if let Some(error) = report.error {
         return Err(error.context(format!("bench run of {} failed", method.name())));

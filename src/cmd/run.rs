@@ -16,7 +16,9 @@ use super::{Outcome, Signal, wait_for_signal};
 use crate::cli::{ImportArgs, Method, RunArgs};
 use crate::job::ImportJob;
 use crate::rejects::RejectLog;
-use crate::schema::{InferredType, TypeInference, default_table_name, fold_header_row, map_header};
+use crate::schema::{
+    Column, InferredType, TypeInference, default_table_name, fold_header_row, map_header,
+};
 use crate::sink::{self, TableName, TargetTable};
 use crate::source::{Header, SourceSpec, read_header, read_rows};
 use crate::stats::{ImportStats, RunShape};
@@ -50,6 +52,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             "table {} does not exist; create it first, or drop --no-create to create it from the sheet",
             prepared.table_name
         ),
+        None if args.dry_run => {
+            let column_types = infer_types(&prepared).await?;
+            let columns: Vec<Column> = prepared
+                .folded_names
+                .iter()
+                .zip(&column_types)
+                .map(|(name, inferred)| inferred.column(name))
+                .collect();
+            let described: Vec<String> = columns
+                .iter()
+                .map(|column| format!("{} {}", column.name, column.sql_type))
+                .collect();
+            info!(table = %prepared.table_name, columns = %described.join(", "), "dry run: the table does not exist and would be created");
+            TargetTable {
+                name: prepared.table_name.clone(),
+                columns,
+            }
+        }
         None => {
             let column_types = infer_types(&prepared).await?;
             create_table(&prepared, &prepared.table_name, &column_types).await?
@@ -83,7 +103,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         "import started"
     );
 
-    let (report, signal) = run_job(args.method, job).await?;
+    let (report, signal) = run_job(args.method, job, args.dry_run).await?;
     let rejects_written = rejects.finish();
     let limit_passed = rejects.limit_passed();
     let complete = report.error.is_none() && signal.is_none() && !limit_passed;
@@ -122,14 +142,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     })
 }
 
-/// Runs a job to its end. A first Ctrl-C or SIGTERM cancels it: the reader stops, rows
+/// Runs a job to its end (with `dry_run`, converting only). A first Ctrl-C or SIGTERM cancels it: the reader stops, rows
 /// already read are finished, and the signal is returned beside the report.
 pub async fn run_job(
     method: Method,
     job: ImportJob,
+    dry_run: bool,
 ) -> anyhow::Result<(RunReport, Option<Signal>)> {
     let cancel = job.cancel.clone();
-    let running = strategy::run(method, Arc::new(job));
+    let job = Arc::new(job);
+    let running = async move {
+        if dry_run {
+            strategy::dry_run(job).await
+        } else {
+            strategy::run(method, job).await
+        }
+    };
     tokio::pin!(running);
     let mut signal: Option<Signal> = None;
     loop {

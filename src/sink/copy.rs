@@ -79,7 +79,14 @@ impl CopyStatement {
         connection: &mut PgConnection,
         rows: impl Iterator<Item = &'a ConvertedRow>,
     ) -> Result<u64, sqlx::Error> {
-        let mut data = Vec::with_capacity(64 * 1024);
+        let rows: Vec<&ConvertedRow> = rows.collect();
+        // one allocation per chunk: the unescaped size, plus a separator or newline per value
+        let size: usize = rows
+            .iter()
+            .flat_map(|row| &row.values)
+            .map(|value| value.as_ref().map_or(2, String::len) + 1)
+            .sum();
+        let mut data = Vec::with_capacity(size + size / 64);
         let mut row_count = 0;
         for row in rows {
             encode_row(&row.values, &mut data);
@@ -115,21 +122,29 @@ pub fn encode_row(values: &[Option<String>], out: &mut Vec<u8>) {
 /// Escapes backslash, tab, newline and carriage return; everything else is sent as is
 /// (so `\.` and the literal string `NULL` arrive unchanged).
 fn encode_text(text: &str, out: &mut Vec<u8>) {
-    let bytes = text.as_bytes();
-    let mut start = 0;
-    for (index, byte) in bytes.iter().enumerate() {
-        let escaped: &[u8] = match byte {
+    let mut rest = text.as_bytes();
+    // most cells need no escape: find special bytes with memchr instead of a byte loop
+    while let Some(index) = find_special(rest) {
+        out.extend_from_slice(&rest[..index]);
+        out.extend_from_slice(match rest[index] {
             b'\\' => b"\\\\",
             b'\t' => b"\\t",
             b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..index]);
-        out.extend_from_slice(escaped);
-        start = index + 1;
+            _ => b"\\r",
+        });
+        rest = &rest[index + 1..];
     }
-    out.extend_from_slice(&bytes[start..]);
+    out.extend_from_slice(rest);
+}
+
+/// The first byte that COPY's text format must escape.
+fn find_special(bytes: &[u8]) -> Option<usize> {
+    let first = memchr::memchr3(b'\\', b'\t', b'\n', bytes);
+    let search_end = first.unwrap_or(bytes.len());
+    match memchr::memchr(b'\r', &bytes[..search_end]) {
+        Some(carriage_return) => Some(carriage_return),
+        None => first,
+    }
 }
 
 #[cfg(test)]

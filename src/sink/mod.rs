@@ -84,6 +84,10 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
     let options = PgConnectOptions::from_str(url)
         .map_err(|_| anyhow::anyhow!("invalid --database-url / DATABASE_URL: expected postgres://USER:PASSWORD@HOST:PORT/DATABASE"))?
         .application_name("importer")
+        // every chunk commits on its own; waiting for each commit's WAL flush would leave
+        // the server idle between chunks, so commits are asynchronous and `flush_commits`
+        // makes them all durable, in one synchronous commit, before the stats are printed
+        .options([("synchronous_commit", "off")])
         .log_statements(tracing::log::LevelFilter::Trace);
     let server = format!(
         "{}:{} (database {:?}, user {:?})",
@@ -120,6 +124,17 @@ fn connection_error(error: sqlx::Error, server: &str) -> anyhow::Error {
         ),
         other => anyhow::anyhow!("cannot connect to PostgreSQL at {server}: {other}"),
     }
+}
+
+/// Waits until every commit made so far on this server is durable: one synchronous commit
+/// flushes the write-ahead log up to its own record, and so past every earlier commit,
+/// whichever session made it.
+pub async fn flush_commits(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::raw_sql("BEGIN; SET LOCAL synchronous_commit TO on; SELECT txid_current(); COMMIT;")
+        .execute(pool)
+        .await
+        .context("cannot confirm that the rows written are durable")?;
+    Ok(())
 }
 
 /// Whether a server error is about the row's data (reject the row) rather than the run.

@@ -23,7 +23,7 @@ use crate::job::ImportJob;
 use crate::pipeline::{self, Chunk, ConvertedRow, TaskOutcome};
 use crate::sink::copy::CopyStatement;
 use crate::sink::insert::InsertStatement;
-use crate::sink::{error_column, error_message, is_row_error};
+use crate::sink::{error_column, error_message, flush_commits, is_row_error};
 use crate::stats::Tally;
 
 /// Times a piece is retried after a deadlock or serialization failure before the run fails.
@@ -45,6 +45,20 @@ pub async fn run(method: Method, job: Arc<ImportJob>) -> RunReport {
         Method::Batch => batch::run(job).await,
         Method::Copy => copy::run(job).await,
     }
+}
+
+/// `--dry-run`: the pipeline reads and converts every row (rejecting what conversion
+/// refuses) and the rows that would be written are counted, not sent.
+pub async fn dry_run(job: Arc<ImportJob>) -> RunReport {
+    let mut tasks = JoinSet::new();
+    let mut receiver = pipeline::start(&job, job.batch_size, &mut tasks);
+    let mut tally = Tally::default();
+    while let Some(chunk) = receiver.recv().await {
+        tally.success_count += chunk.len() as u64;
+    }
+    let (counted, error) = join_all(&mut tasks, &job).await;
+    tally += counted;
+    RunReport { tally, error }
 }
 
 /// How the rows of a chunk reach the table.
@@ -111,26 +125,39 @@ async fn drive(
     }
     drop(receiver);
 
+    let (tally, mut first_error) = join_all(&mut tasks, &job).await;
+    // commits were asynchronous: make every row counted durable before it is reported
+    if tally.success_count > 0
+        && let Err(error) = flush_commits(&job.pool).await
+    {
+        first_error.get_or_insert(error);
+    }
+    RunReport {
+        tally,
+        error: first_error,
+    }
+}
+
+/// Drains `tasks` and merges their tallies. The first fatal error (or panic) cancels the
+/// job, so the reader stops while the other tasks finish what was already read.
+async fn join_all(
+    tasks: &mut JoinSet<TaskOutcome>,
+    job: &ImportJob,
+) -> (Tally, Option<anyhow::Error>) {
     let mut tally = Tally::default();
     let mut first_error: Option<anyhow::Error> = None;
     while let Some(joined) = tasks.join_next().await {
-        let (counted, result) = match joined {
-            Ok(outcome) => outcome,
-            Err(join_error) => (
-                Tally::default(),
-                Err(anyhow::Error::new(join_error).context("a worker panicked")),
-            ),
-        };
+        let (counted, result) = joined.unwrap_or_else(|join_error| {
+            let error = anyhow::Error::new(join_error).context("a worker panicked");
+            (Tally::default(), Err(error))
+        });
         tally += counted;
         if let Err(error) = result {
             job.cancel.cancel();
             first_error.get_or_insert(error);
         }
     }
-    RunReport {
-        tally,
-        error: first_error,
-    }
+    (tally, first_error)
 }
 
 /// One writer: takes chunks until the channel is closed and writes each one on its own
@@ -153,7 +180,13 @@ async fn write_chunks(
             let Some(chunk) = next else {
                 return Ok(());
             };
-            write_isolating_rejects(&job, &mut connection, &writer, &chunk, &mut tally).await?;
+            let written =
+                write_isolating_rejects(&job, &mut connection, &writer, &chunk, &mut tally).await;
+            if written.is_err() {
+                // the connection may be mid-protocol (a COPY cut short): never reuse it
+                connection.close_on_drop();
+            }
+            written?;
         }
     }
     .await;
@@ -200,7 +233,8 @@ async fn write_isolating_rejects(
                 column: error_column(&error),
                 reason: error_message(&error),
             };
-            job.rejects.record(row.row_number, &rejection, &row.cells)?;
+            job.rejects
+                .record(row.row_number, &rejection, &row.cell_texts())?;
         } else {
             let (left, right) = piece.split_at(piece.len() / 2);
             pending.push((right, attempt));

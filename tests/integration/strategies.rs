@@ -185,3 +185,48 @@ fn not_null_columns_with_a_default_take_the_default_for_every_method() {
         );
     }
 }
+
+/// Strings that COPY's text format (and careless quoting) could misread arrive unchanged,
+/// by every method.
+#[test]
+fn awkward_strings_arrive_unchanged_by_every_method() {
+    let dir = TempDir::new();
+    let workbook = dir.path("awkward.xlsx");
+    let long = "x\ty\\z\n".repeat(5_000); // 30,000 characters
+    let values: Vec<String> = vec![
+        "tab\there".into(),
+        "two\nlines\r\nthree".into(),
+        "back\\slash".into(),
+        "\\N".into(),
+        "\\.".into(),
+        "NULL".into(),
+        "'; DROP TABLE t; --".into(),
+        "\"quoted\"".into(),
+        "ünïcødé ✓ 漢字".into(),
+        "  padded  ".into(),
+        long,
+    ];
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let sheet = book.add_worksheet();
+    sheet.write_string(0, 0, "Value").unwrap();
+    sheet.write_string(0, 1, "Position").unwrap();
+    for (index, value) in values.iter().enumerate() {
+        let row = index as u32 + 1;
+        sheet.write_string(row, 0, value).unwrap();
+        sheet.write_number(row, 1, index as f64).unwrap();
+    }
+    book.save(&workbook).unwrap();
+    for method in METHODS {
+        let db = TestDb::new();
+        db.execute("CREATE TABLE awkward (value text, position integer)");
+        let run = db.importer(&["run", "-m", method, "-b", "4", workbook.to_str().unwrap()]);
+        assert_eq!(run.code, 0, "{method}\n{run:?}");
+        let stored: Vec<Option<String>> = db
+            .rows("SELECT value FROM awkward ORDER BY position")
+            .into_iter()
+            .map(|mut row| row.remove(0))
+            .collect();
+        let expected: Vec<Option<String>> = values.iter().cloned().map(Some).collect();
+        assert!(stored == expected, "{method} changed a value");
+    }
+}

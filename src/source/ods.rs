@@ -1,0 +1,1297 @@
+//! The .ods reader: streams `content.xml` out of the OpenDocument zip and hands each
+//! non-empty cell of one sheet, with its 0-based (row, column) position, to the caller.
+//!
+//! calamine's ods reader parses every sheet into a dense grid when the file is opened, so a
+//! single cell at the far corner of a sheet (AMJ1048576) asks it for a billion cells, and it
+//! reads LibreOffice's error cells as plain text. This module owns the OpenDocument side of
+//! reading instead: the sheet list (table names in document order, cells not decoded), the
+//! row and column repeats (`table:number-rows-repeated`, `table:number-columns-repeated`),
+//! and a cell's value, given as the same calamine [`Data`] variant calamine's reader would
+//! give (so `convert` treats it the same), except that error cells become [`Data::Error`].
+//! Empty repeats only move the position, so memory is one row whatever the sheet's extent.
+//! It does not assemble rows, skip rows above the header or blank rows, or choose the sheet:
+//! the parent module does that, and the cells go next into its `RowAssembler`.
+//! Element names are matched with their conventional prefixes (`table:`, `office:`,
+//! `text:`), as calamine does and as every writer we know emits them.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use calamine::{CellErrorType, Data};
+use quick_xml::errors::IllFormedError;
+use quick_xml::events::{BytesRef, BytesStart, Event};
+use quick_xml::name::QName;
+use quick_xml::{Reader, XmlVersion};
+use zip::ZipArchive;
+
+use super::{MAX_COLUMNS, innermost_cause};
+
+/// The part of the package that holds the sheets.
+const CONTENT_XML: &str = "content.xml";
+
+/// The package manifest, which marks encrypted parts.
+const MANIFEST_XML: &str = "META-INF/manifest.xml";
+
+/// Tallest sheet read, in rows: LibreOffice's own limit with jumbo sheets (16,777,216). A
+/// repeated row reaching past it is cut there, so a repeat count cannot emit rows without
+/// bound.
+const MAX_ROWS: u32 = 1 << 24;
+
+/// Most spaces one `<text:s text:c="..."/>` expands to, so a tiny element cannot allocate
+/// without bound; no real cell holds a longer run.
+const MAX_SPACE_RUN: usize = 1 << 16;
+
+/// Read buffer for the decompressed `content.xml`, in bytes.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// An open .ods package; each read streams `content.xml` again from the zip.
+pub(crate) struct OdsWorkbook {
+    path: PathBuf,
+    archive: ZipArchive<BufReader<File>>,
+}
+
+impl OdsWorkbook {
+    /// Opens the zip and checks that it has an unencrypted `content.xml`.
+    pub(crate) fn open(path: &Path) -> anyhow::Result<Self> {
+        let unreadable = || {
+            format!(
+                "cannot open {}: not a readable workbook (corrupt or truncated?)",
+                path.display()
+            )
+        };
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut archive = ZipArchive::new(BufReader::new(file))
+            .map_err(|error| anyhow!(innermost_cause(&error)))
+            .with_context(unreadable)?;
+        if archive.index_for_name(CONTENT_XML).is_none() {
+            bail!(
+                "cannot open {}: not a readable workbook ({CONTENT_XML} is missing)",
+                path.display()
+            );
+        }
+        if is_encrypted(&mut archive) {
+            bail!(
+                "cannot open {}: it is password protected (save a copy without a password)",
+                path.display()
+            );
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            archive,
+        })
+    }
+
+    /// The sheet names in document order, for `pick_sheet`; cells are skipped, not decoded.
+    pub(crate) fn sheet_names(&mut self) -> anyhow::Result<Vec<String>> {
+        let path = self.path.display().to_string();
+        self.content()
+            .and_then(read_sheet_names)
+            .with_context(|| format!("cannot read the sheets of {path}"))
+    }
+
+    /// Streams the non-empty cells of `sheet_name` to `push`, row by row, until the sheet
+    /// ends or `push` breaks.
+    pub(crate) fn read_sheet(
+        &mut self,
+        sheet_name: &str,
+        push: &mut dyn FnMut((u32, u32), Data) -> ControlFlow<()>,
+    ) -> anyhow::Result<()> {
+        let path = self.path.display().to_string();
+        let context = || format!("cannot read sheet {sheet_name:?} of {path}");
+        let found = self
+            .content()
+            .and_then(|xml| read_sheet_cells(xml, sheet_name, push))
+            .with_context(context)?;
+        if !found {
+            return Err(anyhow!("{CONTENT_XML} has no such sheet")).with_context(context);
+        }
+        Ok(())
+    }
+
+    fn content(&mut self) -> anyhow::Result<impl BufRead + '_> {
+        let entry = self
+            .archive
+            .by_name(CONTENT_XML)
+            .map_err(|error| anyhow!("{CONTENT_XML}: {}", innermost_cause(&error)))?;
+        Ok(BufReader::with_capacity(READ_BUFFER_BYTES, entry))
+    }
+}
+
+/// Whether the manifest marks any part as encrypted (a password-protected document).
+///
+/// A missing or unreadable manifest counts as "not encrypted": the manifest is not needed
+/// to read the cells, and an encrypted `content.xml` still fails later as not well-formed.
+fn is_encrypted<R: Read + std::io::Seek>(archive: &mut ZipArchive<R>) -> bool {
+    let Ok(entry) = archive.by_name(MANIFEST_XML) else {
+        return false;
+    };
+    let mut reader = Reader::from_reader(BufReader::new(entry));
+    let mut buf = Vec::new();
+    loop {
+        match reader.read_event_into(&mut buf) {
+            Ok(Event::Start(element) | Event::Empty(element))
+                if element.name().as_ref() == "manifest:encryption-data" =>
+            {
+                return true;
+            }
+            Ok(Event::Eof) | Err(_) => return false,
+            Ok(_) => buf.clear(),
+        }
+    }
+}
+
+/// Names of the `table:table` elements of `content.xml`, in document order.
+fn read_sheet_names<R: BufRead>(xml: R) -> anyhow::Result<Vec<String>> {
+    let mut reader = Reader::from_reader(xml);
+    let mut buf = Vec::new();
+    let mut skipped = Vec::new();
+    let mut names = Vec::new();
+    let mut in_spreadsheet = false;
+    loop {
+        let event = reader
+            .read_event_into(&mut buf)
+            .map_err(|error| xml_error(&reader, &error))?;
+        match event {
+            Event::Start(element) if element.name().as_ref() == "office:spreadsheet" => {
+                in_spreadsheet = true;
+            }
+            Event::End(element) if element.name().as_ref() == "office:spreadsheet" => {
+                return Ok(names);
+            }
+            Event::Start(element) if element.name().as_ref() == "table:table" => {
+                names.extend(attribute(&element, "table:name")?);
+                reader
+                    .read_to_end_into(element.name(), &mut skipped)
+                    .map_err(|error| xml_error(&reader, &error))?;
+                skipped.clear();
+            }
+            Event::Empty(element) if element.name().as_ref() == "table:table" => {
+                names.extend(attribute(&element, "table:name")?);
+            }
+            Event::Eof if in_spreadsheet => bail!("{CONTENT_XML} ends early (truncated?)"),
+            Event::Eof => {
+                bail!("{CONTENT_XML} holds no spreadsheet (is it another kind of document?)")
+            }
+            _ => {}
+        }
+        buf.clear();
+    }
+}
+
+/// Streams the cells of the first `table:table` named `sheet_name` to `push`; `false` when
+/// there is no such table.
+fn read_sheet_cells<R: BufRead>(
+    xml: R,
+    sheet_name: &str,
+    push: &mut dyn FnMut((u32, u32), Data) -> ControlFlow<()>,
+) -> anyhow::Result<bool> {
+    let mut reader = Reader::from_reader(xml);
+    let mut buf = Vec::new();
+    let mut skipped = Vec::new();
+    loop {
+        let event = reader
+            .read_event_into(&mut buf)
+            .map_err(|error| xml_error(&reader, &error))?;
+        match event {
+            Event::Start(element) if element.name().as_ref() == "table:table" => {
+                if attribute(&element, "table:name")?.as_deref() == Some(sheet_name) {
+                    buf.clear();
+                    read_table(&mut reader, &mut buf, push)?;
+                    return Ok(true);
+                }
+                reader
+                    .read_to_end_into(element.name(), &mut skipped)
+                    .map_err(|error| xml_error(&reader, &error))?;
+                skipped.clear();
+            }
+            // a sheet without rows
+            Event::Empty(element)
+                if element.name().as_ref() == "table:table"
+                    && attribute(&element, "table:name")?.as_deref() == Some(sheet_name) =>
+            {
+                return Ok(true);
+            }
+            Event::End(element) if element.name().as_ref() == "office:spreadsheet" => {
+                return Ok(false);
+            }
+            Event::Eof => return Ok(false),
+            _ => {}
+        }
+        buf.clear();
+    }
+}
+
+/// Reads the rows of the table whose start tag was just read, up to its end tag.
+fn read_table<R: BufRead>(
+    reader: &mut Reader<R>,
+    buf: &mut Vec<u8>,
+    push: &mut dyn FnMut((u32, u32), Data) -> ControlFlow<()>,
+) -> anyhow::Result<()> {
+    let mut skipped = Vec::new();
+    // the row's non-empty cells, kept to be pushed once per row repeat
+    let mut cells: Vec<(u32, Data)> = Vec::new();
+    let mut row_index: u32 = 0;
+    loop {
+        let event = reader
+            .read_event_into(buf)
+            .map_err(|error| xml_error(reader, &error))?;
+        match event {
+            Event::Start(element) if element.name().as_ref() == "table:table-row" => {
+                let repeats = repeat_count(&element, "table:number-rows-repeated")?;
+                cells.clear();
+                read_row(reader, row_index, &mut cells, &mut skipped)?;
+                // a repeated non-empty row is that many rows (LibreOffice writes identical
+                // consecutive rows this way); an empty one only moves the position
+                let end = row_index.saturating_add(repeats).min(MAX_ROWS);
+                for repeat_index in row_index..end {
+                    let flow = if repeat_index + 1 == end {
+                        // the last (usually the only) copy takes the cells themselves
+                        push_row(push, repeat_index, cells.drain(..))
+                    } else {
+                        push_row(push, repeat_index, cells.iter().cloned())
+                    };
+                    if flow.is_break() {
+                        return Ok(());
+                    }
+                }
+                row_index = row_index.saturating_add(repeats);
+            }
+            Event::Empty(element) if element.name().as_ref() == "table:table-row" => {
+                row_index =
+                    row_index.saturating_add(repeat_count(&element, "table:number-rows-repeated")?);
+            }
+            // rows inside these groups are rows of the sheet like any other
+            Event::Start(element)
+                if matches!(
+                    element.name().as_ref(),
+                    "table:table-header-rows" | "table:table-row-group" | "table:table-rows"
+                ) => {}
+            // columns, shapes, forms, named ranges, sources: nothing that holds cells
+            Event::Start(element) => {
+                reader
+                    .read_to_end_into(element.name(), &mut skipped)
+                    .map_err(|error| xml_error(reader, &error))?;
+                skipped.clear();
+            }
+            Event::End(element) if element.name().as_ref() == "table:table" => return Ok(()),
+            Event::Eof => bail!("{CONTENT_XML} ends inside the sheet (truncated?)"),
+            _ => {}
+        }
+        if row_index >= MAX_ROWS {
+            return Ok(());
+        }
+        buf.clear();
+    }
+}
+
+/// Pushes one row's cells at `row_index` until `push` breaks.
+fn push_row(
+    push: &mut dyn FnMut((u32, u32), Data) -> ControlFlow<()>,
+    row_index: u32,
+    cells: impl Iterator<Item = (u32, Data)>,
+) -> ControlFlow<()> {
+    for (column_index, cell) in cells {
+        push((row_index, column_index), cell)?;
+    }
+    ControlFlow::Continue(())
+}
+
+/// Reads the cells of one `table:table-row` whose start tag was just read, up to its end
+/// tag, into `cells` as (column index, value); empty cells only move the column.
+fn read_row<R: BufRead>(
+    reader: &mut Reader<R>,
+    row_index: u32,
+    cells: &mut Vec<(u32, Data)>,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    let mut content = Vec::new();
+    let mut column_index: u32 = 0;
+    loop {
+        let event = reader
+            .read_event_into(buf)
+            .map_err(|error| xml_error(reader, &error))?;
+        let (element, has_content) = match event {
+            Event::Start(element) => (element, true),
+            Event::Empty(element) => (element, false),
+            Event::End(element) if element.name().as_ref() == "table:table-row" => return Ok(()),
+            Event::Eof => bail!(
+                "{CONTENT_XML} ends inside row {} (truncated?)",
+                u64::from(row_index) + 1
+            ),
+            _ => {
+                buf.clear();
+                continue;
+            }
+        };
+        let cell_element = match element.name().as_ref() {
+            "table:table-cell" => "table:table-cell",
+            // a cell hidden under a merged one still takes its position
+            "table:covered-table-cell" => "table:covered-table-cell",
+            _ => {
+                if has_content {
+                    reader
+                        .read_to_end_into(element.name(), &mut content)
+                        .map_err(|error| xml_error(reader, &error))?;
+                    content.clear();
+                }
+                buf.clear();
+                continue;
+            }
+        };
+        let at_cell = || format!("cell {}", cell_name(row_index, column_index));
+        let attributes = CellAttributes::parse(&element).with_context(at_cell)?;
+        let repeats = attributes.column_repeats;
+        let value = if column_index < MAX_COLUMNS {
+            read_cell(reader, attributes, cell_element, has_content, &mut content)
+                .with_context(at_cell)?
+        } else {
+            // past the widest row: consumed, not decoded
+            if has_content {
+                reader
+                    .read_to_end_into(QName(cell_element), &mut content)
+                    .map_err(|error| xml_error(reader, &error))?;
+            }
+            None
+        };
+        content.clear();
+        if let Some(value) = value {
+            let last = column_index.saturating_add(repeats).min(MAX_COLUMNS);
+            cells.extend((column_index..last).map(|index| (index, value.clone())));
+        }
+        column_index = column_index.saturating_add(repeats);
+        buf.clear();
+    }
+}
+
+/// The attributes of a cell that decide its value and width, borrowed from its start tag:
+/// every cell element is parsed, so nothing is allocated until a value is built.
+#[derive(Debug)]
+struct CellAttributes<'a> {
+    /// `table:number-columns-repeated`, at least 1.
+    column_repeats: u32,
+    value_type: Option<Cow<'a, str>>,
+    value: Option<Cow<'a, str>>,
+    string_value: Option<Cow<'a, str>>,
+    boolean_value: Option<Cow<'a, str>>,
+    date_value: Option<Cow<'a, str>>,
+    time_value: Option<Cow<'a, str>>,
+    /// LibreOffice's `calcext:value-type="error"`: the text is an error code.
+    is_error: bool,
+    has_formula: bool,
+}
+
+impl<'a> CellAttributes<'a> {
+    fn parse(element: &'a BytesStart<'_>) -> anyhow::Result<Self> {
+        let mut parsed = Self {
+            column_repeats: 1,
+            value_type: None,
+            value: None,
+            string_value: None,
+            boolean_value: None,
+            date_value: None,
+            time_value: None,
+            is_error: false,
+            has_formula: false,
+        };
+        for attribute in element.attributes().with_checks(false) {
+            let attribute = attribute.map_err(|error| anyhow!("bad attribute: {error}"))?;
+            let slot = match attribute.key.as_ref() {
+                "table:number-columns-repeated" => {
+                    parsed.column_repeats =
+                        parse_repeat_count("table:number-columns-repeated", &attribute.value)?;
+                    continue;
+                }
+                "office:value-type" => &mut parsed.value_type,
+                "office:value" => &mut parsed.value,
+                "office:string-value" => &mut parsed.string_value,
+                "office:boolean-value" => &mut parsed.boolean_value,
+                "office:date-value" => &mut parsed.date_value,
+                "office:time-value" => &mut parsed.time_value,
+                "calcext:value-type" => {
+                    parsed.is_error = attribute.value == "error";
+                    continue;
+                }
+                "table:formula" => {
+                    parsed.has_formula = true;
+                    continue;
+                }
+                _ => continue,
+            };
+            let value = attribute
+                .normalized_value(XmlVersion::Implicit1_0)
+                .map_err(|error| anyhow!("bad attribute {}: {error}", attribute.key.as_ref()))?;
+            *slot = Some(value);
+        }
+        Ok(parsed)
+    }
+}
+
+/// The value of the cell whose start tag is `element`, consuming its content when it has
+/// any; `None` for an empty cell.
+///
+/// The variants are calamine's for .ods: float, percentage and currency -> `Float`
+/// (`office:value`); string -> `String` (`office:string-value`, else the text); boolean ->
+/// `Bool`; date -> `DateTimeIso`; time -> `DurationIso`. A formula cell gives its cached
+/// value. An error cell (`calcext:value-type="error"`, or a formula whose cached text is an
+/// error code) -> `Error`, so `convert` rejects its row as it does for xlsx.
+fn read_cell<R: BufRead>(
+    reader: &mut Reader<R>,
+    attributes: CellAttributes<'_>,
+    cell_element: &'static str,
+    has_content: bool,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<Option<Data>> {
+    let is_string = attributes.value_type.as_deref() == Some("string");
+    let needs_text = attributes.is_error || (is_string && attributes.string_value.is_none());
+    let text = match (has_content, needs_text) {
+        (true, true) => Some(read_cell_text(reader, cell_element, buf)?),
+        (true, false) => {
+            reader
+                .read_to_end_into(QName(cell_element), buf)
+                .map_err(|error| xml_error(reader, &error))?;
+            None
+        }
+        (false, _) => None,
+    };
+    if attributes.is_error {
+        let code = text
+            .as_deref()
+            .filter(|code| !code.is_empty())
+            .or(attributes.string_value.as_deref());
+        // LibreOffice's own codes (Err:502, ...) have no Excel name: #VALUE! is Excel's
+        // generic one, and LibreOffice maps most of them to it when it saves .xlsx
+        let error = code.and_then(error_code).unwrap_or(CellErrorType::Value);
+        return Ok(Some(Data::Error(error)));
+    }
+    let value = match attributes.value_type.as_deref() {
+        Some("float" | "percentage" | "currency") => match attributes.value {
+            Some(number) => {
+                Some(Data::Float(number.trim().parse().map_err(|_| {
+                    anyhow!("office:value {number:?} is not a number")
+                })?))
+            }
+            None => None,
+        },
+        Some("string") => attributes
+            .string_value
+            .map(Cow::into_owned)
+            .or(text)
+            .map(Data::String),
+        Some("boolean") => attributes
+            .boolean_value
+            .map(|value| Data::Bool(matches!(value.trim(), "true" | "TRUE" | "1"))),
+        Some("date") => attributes
+            .date_value
+            .map(|date| Data::DateTimeIso(date.into_owned())),
+        Some("time") => attributes
+            .time_value
+            .map(|time| Data::DurationIso(time.into_owned())),
+        _ => None,
+    };
+    // older writers store a formula's error result as its text, without calcext
+    if attributes.has_formula
+        && let Some(Data::String(text)) = &value
+        && let Some(error) = error_code(text)
+    {
+        return Ok(Some(Data::Error(error)));
+    }
+    Ok(value)
+}
+
+/// The Excel error a code such as `#DIV/0!` names.
+fn error_code(code: &str) -> Option<CellErrorType> {
+    Some(match code.trim() {
+        "#DIV/0!" => CellErrorType::Div0,
+        "#N/A" => CellErrorType::NA,
+        "#NAME?" => CellErrorType::Name,
+        "#NULL!" => CellErrorType::Null,
+        "#NUM!" => CellErrorType::Num,
+        "#REF!" => CellErrorType::Ref,
+        "#VALUE!" => CellErrorType::Value,
+        _ => return None,
+    })
+}
+
+/// The text of a cell, up to the cell's end tag: its paragraphs joined with "\n", with
+/// `text:s`, `text:tab` and `text:line-break` expanded and nested spans and links read
+/// through. Only `text:` elements are read into: comments (`office:annotation`), shapes and
+/// anything else in the cell are not part of its value.
+fn read_cell_text<R: BufRead>(
+    reader: &mut Reader<R>,
+    cell_element: &'static str,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<String> {
+    let mut text = String::new();
+    let mut skipped = Vec::new();
+    let mut paragraph_count = 0_usize;
+    // how many text:p / text:h are open: text outside them is markup whitespace
+    let mut paragraph_depth = 0_usize;
+    loop {
+        buf.clear();
+        let event = reader
+            .read_event_into(buf)
+            .map_err(|error| xml_error(reader, &error))?;
+        match event {
+            Event::Start(element) => match element.name().as_ref() {
+                "text:p" | "text:h" => {
+                    if paragraph_count > 0 {
+                        text.push('\n');
+                    }
+                    paragraph_count += 1;
+                    paragraph_depth += 1;
+                }
+                name if name.starts_with("text:") => push_text_element(&mut text, &element)?,
+                _ => {
+                    reader
+                        .read_to_end_into(element.name(), &mut skipped)
+                        .map_err(|error| xml_error(reader, &error))?;
+                    skipped.clear();
+                }
+            },
+            Event::Empty(element) => match element.name().as_ref() {
+                "text:p" | "text:h" => {
+                    if paragraph_count > 0 {
+                        text.push('\n');
+                    }
+                    paragraph_count += 1;
+                }
+                _ => push_text_element(&mut text, &element)?,
+            },
+            Event::End(element) => match element.name().as_ref() {
+                "text:p" | "text:h" => paragraph_depth = paragraph_depth.saturating_sub(1),
+                name if name == cell_element => return Ok(text),
+                _ => {}
+            },
+            Event::Text(content) if paragraph_depth > 0 => text.push_str(&content.xml10_content()),
+            Event::CData(content) if paragraph_depth > 0 => {
+                text.push_str(&content.xml10_content());
+            }
+            Event::GeneralRef(reference) if paragraph_depth > 0 => {
+                push_reference(&mut text, &reference)?;
+            }
+            Event::Eof => bail!("{CONTENT_XML} ends inside a cell (truncated?)"),
+            _ => {}
+        }
+    }
+}
+
+/// Appends what a text element stands for: `text:s` spaces (`text:c` of them), a tab or a
+/// line break; other text elements add nothing themselves.
+fn push_text_element(text: &mut String, element: &BytesStart<'_>) -> anyhow::Result<()> {
+    match element.name().as_ref() {
+        "text:s" => {
+            let count = match attribute(element, "text:c")? {
+                Some(count) => count
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| anyhow!("text:c {count:?} is not a count"))?,
+                None => 1,
+            };
+            text.extend(std::iter::repeat_n(' ', count.min(MAX_SPACE_RUN)));
+        }
+        "text:tab" => text.push('\t'),
+        "text:line-break" => text.push('\n'),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Appends a character or predefined entity reference (`&#233;`, `&amp;`).
+fn push_reference(text: &mut String, reference: &BytesRef<'_>) -> anyhow::Result<()> {
+    if let Some(character) = reference
+        .resolve_char_ref()
+        .map_err(|error| anyhow!("bad character reference: {error}"))?
+    {
+        text.push(character);
+        return Ok(());
+    }
+    match quick_xml::escape::resolve_predefined_entity(reference) {
+        Some(replacement) => {
+            text.push_str(replacement);
+            Ok(())
+        }
+        None => bail!("unknown entity &{};", &**reference),
+    }
+}
+
+/// An attribute's value, unescaped.
+fn attribute(element: &BytesStart<'_>, name: &str) -> anyhow::Result<Option<String>> {
+    let found = element
+        .try_get_attribute(name)
+        .map_err(|error| anyhow!("bad attribute: {error}"))?;
+    found
+        .map(|attribute| {
+            attribute
+                .normalized_value(XmlVersion::Implicit1_0)
+                .map(|value| value.into_owned())
+                .map_err(|error| anyhow!("bad attribute {name}: {error}"))
+        })
+        .transpose()
+}
+
+/// A repeat count (`table:number-rows-repeated`, `table:number-columns-repeated`); 1 when
+/// absent.
+fn repeat_count(element: &BytesStart<'_>, name: &str) -> anyhow::Result<u32> {
+    match element
+        .try_get_attribute(name)
+        .map_err(|error| anyhow!("bad attribute: {error}"))?
+    {
+        Some(count) => parse_repeat_count(name, &count.value),
+        None => Ok(1),
+    }
+}
+
+fn parse_repeat_count(name: &str, count: &str) -> anyhow::Result<u32> {
+    // positiveInteger in the schema: a 0 is read as 1 so the position still moves, and a
+    // count past u32 is cut (positions stop at MAX_ROWS and MAX_COLUMNS anyway)
+    count
+        .trim()
+        .parse::<u64>()
+        .map(|count| u32::try_from(count.max(1)).unwrap_or(u32::MAX))
+        .map_err(|_| anyhow!("{name} {count:?} is not a count"))
+}
+
+/// A cell's A1 name from 0-based indexes, for messages.
+fn cell_name(row_index: u32, column_index: u32) -> String {
+    let mut letters = Vec::new();
+    let mut rest = u64::from(column_index) + 1;
+    while rest > 0 {
+        let digit = ((rest - 1) % 26) as u8;
+        letters.push(char::from(b'A' + digit));
+        rest = (rest - 1) / 26;
+    }
+    let column: String = letters.iter().rev().collect();
+    format!("{column}{}", u64::from(row_index) + 1)
+}
+
+/// A quick-xml error as one line: a decompression failure, or where the XML breaks.
+fn xml_error<R>(reader: &Reader<R>, error: &quick_xml::Error) -> anyhow::Error {
+    match error {
+        quick_xml::Error::Io(io_error) => anyhow!(
+            "{CONTENT_XML} cannot be decompressed (corrupt or truncated?): {}",
+            innermost_cause(io_error.as_ref())
+        ),
+        quick_xml::Error::IllFormed(IllFormedError::MissingEndTag(_)) => {
+            anyhow!("{CONTENT_XML} ends early (truncated?): {error}")
+        }
+        _ => {
+            // skipping a subtree does not record where it failed
+            let position = match reader.error_position() {
+                0 => reader.buffer_position(),
+                position => position,
+            };
+            // the message quotes the broken markup, which may hold any character
+            let mut message = String::new();
+            for character in error.to_string().chars() {
+                if character.is_control() {
+                    message.extend(character.escape_default());
+                } else {
+                    message.push(character);
+                }
+            }
+            anyhow!("{CONTENT_XML} is corrupt: not well-formed near byte {position}: {message}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// A content.xml with one table per (name, rows XML).
+    fn content_xml(tables: &[(&str, &str)]) -> String {
+        let tables: String = tables
+            .iter()
+            .map(|(name, rows)| {
+                format!(
+                    r#"<table:table table:name="{name}"><table:table-column table:number-columns-repeated="3"/>{rows}</table:table>"#
+                )
+            })
+            .collect();
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><office:document-content xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0" xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0" xmlns:calcext="urn:org:documentfoundation:names:experimental:calc:xmlns:calcext:1.0"><office:body><office:spreadsheet>{tables}<table:named-expressions/></office:spreadsheet></office:body></office:document-content>"#
+        )
+    }
+
+    /// Every cell pushed for sheet "S" whose rows are `rows`.
+    fn read(rows: &str) -> anyhow::Result<Vec<((u32, u32), Data)>> {
+        let xml = content_xml(&[("S", rows)]);
+        let mut cells = Vec::new();
+        let found = read_sheet_cells(xml.as_bytes(), "S", &mut |position, cell| {
+            cells.push((position, cell));
+            ControlFlow::Continue(())
+        })?;
+        assert!(found, "sheet S is in the test XML");
+        Ok(cells)
+    }
+
+    fn text(value: &str) -> Data {
+        Data::String(value.to_string())
+    }
+
+    fn string_cell(paragraphs: &str) -> String {
+        format!(
+            r#"<table:table-cell office:value-type="string" calcext:value-type="string">{paragraphs}</table:table-cell>"#
+        )
+    }
+
+    fn row(cells: &str) -> String {
+        format!("<table:table-row>{cells}</table:table-row>")
+    }
+
+    #[test]
+    fn cell_values_are_calamines_variants() {
+        let cases: Vec<(&str, String, Option<Data>)> = vec![
+            (
+                "float",
+                r#"<table:table-cell office:value-type="float" office:value="3.25"><text:p>3,25</text:p></table:table-cell>"#.into(),
+                Some(Data::Float(3.25)),
+            ),
+            (
+                "percentage",
+                r#"<table:table-cell office:value-type="percentage" office:value="0.5"><text:p>50%</text:p></table:table-cell>"#.into(),
+                Some(Data::Float(0.5)),
+            ),
+            (
+                "currency",
+                r#"<table:table-cell office:value-type="currency" office:currency="EUR" office:value="-12.5"/>"#.into(),
+                Some(Data::Float(-12.5)),
+            ),
+            (
+                "float without a value",
+                r#"<table:table-cell office:value-type="float"/>"#.into(),
+                None,
+            ),
+            (
+                "boolean true",
+                r#"<table:table-cell office:value-type="boolean" office:boolean-value="true"><text:p>TRUE</text:p></table:table-cell>"#.into(),
+                Some(Data::Bool(true)),
+            ),
+            (
+                "boolean false",
+                r#"<table:table-cell office:value-type="boolean" office:boolean-value="false"/>"#.into(),
+                Some(Data::Bool(false)),
+            ),
+            (
+                "date",
+                r#"<table:table-cell office:value-type="date" office:date-value="2024-02-29"><text:p>29/02/24</text:p></table:table-cell>"#.into(),
+                Some(Data::DateTimeIso("2024-02-29".into())),
+            ),
+            (
+                "datetime",
+                r#"<table:table-cell office:value-type="date" office:date-value="2024-02-29T13:45:30"/>"#.into(),
+                Some(Data::DateTimeIso("2024-02-29T13:45:30".into())),
+            ),
+            (
+                "time",
+                r#"<table:table-cell office:value-type="time" office:time-value="PT13H45M30S"/>"#.into(),
+                Some(Data::DurationIso("PT13H45M30S".into())),
+            ),
+            (
+                "string from its text",
+                string_cell("<text:p>Bob, &quot;the&quot; builder &amp; caf&#233;</text:p>"),
+                Some(text("Bob, \"the\" builder & café")),
+            ),
+            (
+                "string-value wins over the text",
+                r#"<table:table-cell table:formula="of:=&quot;ab&quot;&amp;&quot;cd&quot;" office:value-type="string" office:string-value="abcd"><text:p>shown</text:p></table:table-cell>"#.into(),
+                Some(text("abcd")),
+            ),
+            (
+                "formula gives its cached number",
+                r#"<table:table-cell table:formula="of:=13/4" office:value-type="float" office:value="3.25"><text:p>3.25</text:p></table:table-cell>"#.into(),
+                Some(Data::Float(3.25)),
+            ),
+            (
+                "text without a value type is empty",
+                "<table:table-cell><text:p>orphan</text:p></table:table-cell>".into(),
+                None,
+            ),
+            (
+                "empty string",
+                string_cell(""),
+                None,
+            ),
+        ];
+        for (label, cell, expected) in cases {
+            let got = read(&row(&cell)).unwrap_or_else(|error| panic!("{label}: {error:#}"));
+            let expected: Vec<_> = expected.into_iter().map(|data| ((0, 0), data)).collect();
+            // an empty string is pushed and dropped later by the row assembler
+            let got: Vec<_> = got
+                .into_iter()
+                .filter(|(_, cell)| !matches!(cell, Data::String(text) if text.is_empty()))
+                .collect();
+            assert_eq!(got, expected, "{label}");
+        }
+    }
+
+    #[test]
+    fn text_keeps_spaces_tabs_line_breaks_and_paragraphs() {
+        let cases = [
+            (
+                "leading and trailing spaces",
+                r#"<text:p><text:s text:c="2"/>Alice <text:s/></text:p>"#,
+                "  Alice  ",
+            ),
+            (
+                "whitespace only",
+                r#"<text:p><text:s text:c="3"/></text:p>"#,
+                "   ",
+            ),
+            ("tab", "<text:p>a<text:tab/>b</text:p>", "a\tb"),
+            (
+                "line break",
+                "<text:p>a<text:line-break/>b</text:p>",
+                "a\nb",
+            ),
+            (
+                "paragraphs",
+                "<text:p>line one</text:p><text:p>line two</text:p>",
+                "line one\nline two",
+            ),
+            (
+                "empty paragraph between",
+                "<text:p>a</text:p><text:p/><text:p>b</text:p>",
+                "a\n\nb",
+            ),
+            (
+                "spans and links",
+                r#"<text:p>x <text:span text:style-name="T1">bold <text:a xlink:href="https://e.org">link</text:a></text:span>!</text:p>"#,
+                "x bold link!",
+            ),
+            (
+                "comment is not the value",
+                "<office:annotation><text:p>a note</text:p></office:annotation><text:p>value</text:p>",
+                "value",
+            ),
+            (
+                "markup whitespace is not the value",
+                "\n  <text:p>value</text:p>\n",
+                "value",
+            ),
+            (
+                "literal spaces are kept",
+                "<text:p>  two  </text:p>",
+                "  two  ",
+            ),
+        ];
+        for (label, paragraphs, expected) in cases {
+            let got = read(&row(&string_cell(paragraphs)))
+                .unwrap_or_else(|error| panic!("{label}: {error:#}"));
+            assert_eq!(got, vec![((0, 0), text(expected))], "{label}");
+        }
+    }
+
+    #[test]
+    fn error_cells_become_excel_errors() {
+        let libreoffice = |formula: &str, shown: &str| {
+            format!(
+                r#"<table:table-cell table:formula="{formula}" office:value-type="string" office:string-value="" calcext:value-type="error"><text:p>{shown}</text:p></table:table-cell>"#
+            )
+        };
+        let cases = [
+            ("div0", libreoffice("of:=1/0", "#DIV/0!"), CellErrorType::Div0),
+            ("na", libreoffice("of:=NA()", "#N/A"), CellErrorType::NA),
+            (
+                "value",
+                libreoffice("of:=&quot;a&quot;+1", "#VALUE!"),
+                CellErrorType::Value,
+            ),
+            ("ref", libreoffice("of:=#REF!", "#REF!"), CellErrorType::Ref),
+            ("name", libreoffice("of:=nope()", "#NAME?"), CellErrorType::Name),
+            ("num", libreoffice("of:=SQRT(-1)", "#NUM!"), CellErrorType::Num),
+            ("null", libreoffice("of:=A1 B2", "#NULL!"), CellErrorType::Null),
+            (
+                "libreoffice-only code",
+                libreoffice("of:=1+", "Err:502"),
+                CellErrorType::Value,
+            ),
+            (
+                "formula with an error code as its text, no calcext",
+                r#"<table:table-cell table:formula="of:=1/0" office:value-type="string"><text:p>#DIV/0!</text:p></table:table-cell>"#.into(),
+                CellErrorType::Div0,
+            ),
+            (
+                "formula with an error code as its string-value",
+                r##"<table:table-cell table:formula="of:=NA()" office:value-type="string" office:string-value="#N/A"/>"##.into(),
+                CellErrorType::NA,
+            ),
+        ];
+        for (label, cell, expected) in cases {
+            let got = read(&row(&cell)).unwrap_or_else(|error| panic!("{label}: {error:#}"));
+            assert_eq!(got, vec![((0, 0), Data::Error(expected))], "{label}");
+        }
+        // typed, not computed: the text "#N/A" in a plain string cell stays text
+        let typed = read(&row(&string_cell("<text:p>#N/A</text:p>"))).unwrap();
+        assert_eq!(typed, vec![((0, 0), text("#N/A"))]);
+    }
+
+    #[test]
+    fn repeats_and_covered_cells_move_the_position() {
+        let one = |value: &str| {
+            format!(r#"<table:table-cell office:value-type="float" office:value="{value}"/>"#)
+        };
+        // (label, rows XML, positions of the cells read: each holds 1)
+        type Case = (&'static str, String, Vec<(u32, u32)>);
+        let cases: Vec<Case> = vec![
+            (
+                "empty repeated cells advance the column",
+                row(&format!(
+                    r#"<table:table-cell table:number-columns-repeated="5"/>{}"#,
+                    one("1")
+                )),
+                vec![(0, 5)],
+            ),
+            (
+                "a repeated value is expanded",
+                row(&format!(
+                    r#"<table:table-cell office:value-type="float" office:value="1" table:number-columns-repeated="3"/>{}"#,
+                    one("1")
+                )),
+                vec![(0, 0), (0, 1), (0, 2), (0, 3)],
+            ),
+            (
+                "covered cells count",
+                row(&format!(
+                    r#"{}<table:covered-table-cell table:number-columns-repeated="2"/>{}"#,
+                    one("1"),
+                    one("1")
+                )),
+                vec![(0, 0), (0, 3)],
+            ),
+            (
+                "empty repeated rows advance the row",
+                format!(
+                    r#"<table:table-row table:number-rows-repeated="4"><table:table-cell table:number-columns-repeated="3"/></table:table-row>{}"#,
+                    row(&one("1"))
+                ),
+                vec![(4, 0)],
+            ),
+            (
+                "a repeated row with values is emitted each time",
+                format!(
+                    r#"<table:table-row table:number-rows-repeated="3"><table:table-cell/>{}</table:table-row>{}"#,
+                    one("1"),
+                    row(&one("1"))
+                ),
+                vec![(0, 1), (1, 1), (2, 1), (3, 0)],
+            ),
+            (
+                "header rows and row groups hold rows",
+                format!(
+                    "<table:table-header-rows>{}</table:table-header-rows><table:table-row-group>{}<table:table-row-group>{}</table:table-row-group></table:table-row-group>{}",
+                    row(&one("1")),
+                    row(&one("1")),
+                    row(&one("1")),
+                    row(&one("1"))
+                ),
+                vec![(0, 0), (1, 0), (2, 0), (3, 0)],
+            ),
+            (
+                "a value repeated past the widest row stops at MAX_COLUMNS",
+                row(&format!(
+                    r#"<table:table-cell table:number-columns-repeated="16383"/><table:table-cell office:value-type="float" office:value="1" table:number-columns-repeated="100000"/>{}"#,
+                    one("1")
+                )),
+                vec![(0, 16_383)],
+            ),
+        ];
+        for (label, rows, expected) in cases {
+            let got: Vec<(u32, u32)> = read(&rows)
+                .unwrap_or_else(|error| panic!("{label}: {error:#}"))
+                .into_iter()
+                .map(|(position, cell)| {
+                    assert_eq!(cell, Data::Float(1.0), "{label}");
+                    position
+                })
+                .collect();
+            assert_eq!(got, expected, "{label}");
+        }
+    }
+
+    #[test]
+    fn a_stray_cell_at_the_far_corner_is_read_without_allocating_the_gap() {
+        // as LibreOffice writes stray_cell_libreoffice.ods: "stray" at AMJ1048576
+        let rows = format!(
+            r#"{}<table:table-row table:number-rows-repeated="1048574"><table:table-cell table:number-columns-repeated="16384"/></table:table-row><table:table-row><table:table-cell table:number-columns-repeated="1023"/>{}<table:table-cell table:number-columns-repeated="15360"/></table:table-row>"#,
+            row(&string_cell("<text:p>id</text:p>")),
+            string_cell("<text:p>stray</text:p>")
+        );
+        let started = std::time::Instant::now();
+        let got = read(&rows).unwrap();
+        assert_eq!(
+            got,
+            vec![((0, 0), text("id")), ((1_048_575, 1023), text("stray"))]
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn repeats_past_the_last_row_stop_there() {
+        let rows = r#"<table:table-row table:number-rows-repeated="4294967295"><table:table-cell/></table:table-row><table:table-row table:number-rows-repeated="9"><table:table-cell office:value-type="float" office:value="1"/></table:table-row>"#;
+        assert_eq!(read(rows).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn only_the_chosen_sheet_is_read_and_names_keep_document_order() {
+        let first = row(&string_cell("<text:p>first</text:p>"));
+        let second = row(&string_cell("<text:p>second</text:p>"));
+        let xml = content_xml(&[("Zeta", &first), ("Alpha", &second)]);
+        assert_eq!(read_sheet_names(xml.as_bytes()).unwrap(), ["Zeta", "Alpha"]);
+        let mut cells = Vec::new();
+        let found = read_sheet_cells(xml.as_bytes(), "Alpha", &mut |position, cell| {
+            cells.push((position, cell));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert!(found);
+        assert_eq!(cells, vec![((0, 0), text("second"))]);
+        let missing = read_sheet_cells(xml.as_bytes(), "Gamma", &mut |_, _| {
+            panic!("no cell is read from a missing sheet")
+        });
+        assert!(!missing.unwrap());
+    }
+
+    #[test]
+    fn reading_stops_when_the_visitor_breaks() {
+        let rows = format!(
+            r#"<table:table-row table:number-rows-repeated="1000">{}</table:table-row>"#,
+            string_cell("<text:p>x</text:p>")
+        );
+        let xml = content_xml(&[("S", &rows)]);
+        let mut pushed = 0;
+        read_sheet_cells(xml.as_bytes(), "S", &mut |_, _| {
+            pushed += 1;
+            ControlFlow::Break(())
+        })
+        .unwrap();
+        assert_eq!(pushed, 1);
+    }
+
+    #[test]
+    fn broken_xml_is_one_line_error_not_a_panic() {
+        let whole = content_xml(&[("S", &row(&string_cell("<text:p>x</text:p>")))]);
+        let cases = [
+            (
+                "truncated between tags",
+                whole[..whole
+                    .find("</table:table>")
+                    .expect("the test XML has a table")]
+                    .to_string(),
+                "truncated",
+            ),
+            (
+                "truncated inside a tag",
+                whole[..whole.len() / 2].to_string(),
+                "not well-formed near byte",
+            ),
+            (
+                "bad number",
+                content_xml(&[(
+                    "S",
+                    &row(
+                        r#"<table:table-cell/><table:table-cell office:value-type="float" office:value="abc"/>"#,
+                    ),
+                )]),
+                r#"cell B1: office:value "abc" is not a number"#,
+            ),
+            (
+                "mismatched tags",
+                whole.replace("</text:p>", "</text:span>"),
+                "not well-formed",
+            ),
+            (
+                "not a spreadsheet",
+                "<office:document-content/>".to_string(),
+                "no spreadsheet",
+            ),
+        ];
+        for (label, xml, expected) in cases {
+            let error = read_sheet_names(xml.as_bytes())
+                .and_then(|_| {
+                    read_sheet_cells(xml.as_bytes(), "S", &mut |_, _| ControlFlow::Continue(()))
+                })
+                .expect_err(label);
+            let message = format!("{error:#}");
+            assert!(message.contains(expected), "{label}: {message}");
+            assert!(!message.contains('\n'), "{label}: {message}");
+        }
+    }
+
+    #[test]
+    fn cell_names_are_a1() {
+        let cases = [
+            ((0, 0), "A1"),
+            ((4, 2), "C5"),
+            ((0, 25), "Z1"),
+            ((0, 26), "AA1"),
+            ((1_048_575, 1023), "AMJ1048576"),
+            ((0, 16_383), "XFD1"),
+        ];
+        for ((row_index, column_index), expected) in cases {
+            assert_eq!(cell_name(row_index, column_index), expected);
+        }
+    }
+
+    /// A scratch directory removed on drop.
+    struct ScratchDir(PathBuf);
+
+    impl ScratchDir {
+        fn new(label: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "importer-ods-{label}-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |elapsed| elapsed.as_nanos())
+            ));
+            std::fs::create_dir_all(&path).expect("temp dir is writable");
+            Self(path)
+        }
+    }
+
+    impl Drop for ScratchDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Writes a zip holding `parts` (name, bytes) and returns its path.
+    fn write_zip(dir: &ScratchDir, file_name: &str, parts: &[(&str, &[u8])]) -> PathBuf {
+        let path = dir.0.join(file_name);
+        let file = File::create(&path).expect("temp file is writable");
+        let mut zip = zip::ZipWriter::new(file);
+        for (name, bytes) in parts {
+            zip.start_file(*name, zip::write::SimpleFileOptions::default())
+                .expect("zip entry starts");
+            zip.write_all(bytes).expect("zip entry is written");
+        }
+        zip.finish().expect("zip is finished");
+        path
+    }
+
+    #[test]
+    fn a_package_is_read_from_its_zip() {
+        let dir = ScratchDir::new("package");
+        let xml = content_xml(&[
+            ("One", &row(&string_cell("<text:p>a</text:p>"))),
+            ("Two", &row(&string_cell("<text:p>b</text:p>"))),
+        ]);
+        let path = write_zip(
+            &dir,
+            "book.ods",
+            &[
+                (
+                    "mimetype",
+                    b"application/vnd.oasis.opendocument.spreadsheet",
+                ),
+                (CONTENT_XML, xml.as_bytes()),
+            ],
+        );
+        let mut workbook = OdsWorkbook::open(&path).unwrap();
+        assert_eq!(workbook.sheet_names().unwrap(), ["One", "Two"]);
+        let mut cells = Vec::new();
+        workbook
+            .read_sheet("Two", &mut |position, cell| {
+                cells.push((position, cell));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(cells, vec![((0, 0), text("b"))]);
+        let missing = workbook
+            .read_sheet("Three", &mut |_, _| ControlFlow::Continue(()))
+            .unwrap_err();
+        assert_eq!(
+            format!("{missing:#}"),
+            format!(
+                r#"cannot read sheet "Three" of {}: content.xml has no such sheet"#,
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_bad_package_is_a_one_line_error_naming_the_file() {
+        let dir = ScratchDir::new("bad");
+        let good = write_zip(
+            &dir,
+            "good.ods",
+            &[(CONTENT_XML, content_xml(&[("S", "")]).as_bytes())],
+        );
+        let bytes = std::fs::read(&good).expect("zip was written");
+        let truncated = dir.0.join("truncated.ods");
+        std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("temp file is writable");
+        let junk = dir.0.join("junk.ods");
+        std::fs::write(&junk, b"not a zip at all").expect("temp file is writable");
+        let no_content = write_zip(&dir, "no_content.ods", &[("mimetype", b"x")]);
+        let encrypted = write_zip(
+            &dir,
+            "encrypted.ods",
+            &[
+                (CONTENT_XML, b"\x01\x02 encrypted bytes"),
+                (
+                    MANIFEST_XML,
+                    br#"<manifest:manifest xmlns:manifest="urn:oasis:names:tc:opendocument:xmlns:manifest:1.0"><manifest:file-entry manifest:full-path="content.xml"><manifest:encryption-data manifest:checksum="x"/></manifest:file-entry></manifest:manifest>"#,
+                ),
+            ],
+        );
+        let cases = [
+            (
+                &truncated,
+                "not a readable workbook (corrupt or truncated?): ",
+            ),
+            (&junk, "not a readable workbook (corrupt or truncated?): "),
+            (
+                &no_content,
+                "not a readable workbook (content.xml is missing)",
+            ),
+            (&encrypted, "password protected"),
+        ];
+        for (path, expected) in cases {
+            let message = match OdsWorkbook::open(path) {
+                Ok(_) => panic!("{} opened", path.display()),
+                Err(error) => format!("{error:#}"),
+            };
+            let prefix = format!("cannot open {}: ", path.display());
+            assert!(message.starts_with(&prefix), "{message}");
+            assert!(message.contains(expected), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_corrupt_content_xml_is_a_one_line_error_naming_the_file() {
+        let dir = ScratchDir::new("corrupt");
+        let rows = row(&string_cell("<text:p>some text</text:p>")).repeat(200);
+        let good = write_zip(
+            &dir,
+            "good.ods",
+            &[(CONTENT_XML, content_xml(&[("S", &rows)]).as_bytes())],
+        );
+        let mut bytes = std::fs::read(&good).expect("zip was written");
+        // the entry's data follows its name in the local header: 0xFF bytes there start a
+        // deflate block of the reserved type, which no inflater accepts
+        let name_at = bytes
+            .windows(CONTENT_XML.len())
+            .position(|window| window == CONTENT_XML.as_bytes())
+            .expect("the local header names content.xml");
+        let data_at = name_at + CONTENT_XML.len();
+        bytes[data_at..data_at + 16].fill(0xFF);
+        let corrupt = dir.0.join("corrupt.ods");
+        std::fs::write(&corrupt, &bytes).expect("temp file is writable");
+        let mut workbook = OdsWorkbook::open(&corrupt).expect("the central directory is intact");
+        let message = format!("{:#}", workbook.sheet_names().unwrap_err());
+        let prefix = format!(
+            "cannot read the sheets of {}: content.xml",
+            corrupt.display()
+        );
+        assert!(message.starts_with(&prefix), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+    }
+}
