@@ -66,6 +66,7 @@ fn benches(criterion: &mut Criterion) {
             batch_size: 1000,
             database_url: database_url.clone(),
             no_create: true,
+            connect_timeout: 30,
         };
         group.bench_function(method.name(), |bencher| {
             bencher.iter_custom(|iterations| {

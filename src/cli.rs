@@ -34,6 +34,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write a business-directory workbook for fixtures and benchmarks
     Generate(GenerateArgs),
+    /// List past runs from the run ledger (importer.runs)
+    History(HistoryArgs),
 }
 
 /// How rows are written to PostgreSQL.
@@ -120,6 +122,32 @@ pub struct ImportArgs {
     /// Fail if the table does not exist (default: create it from the sheet)
     #[arg(long)]
     pub no_create: bool,
+
+    /// Keep retrying a failed first connection, with backoff, for this many seconds
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub connect_timeout: u64,
+}
+
+/// What a run does to the rows already in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Add the file's rows
+    Append,
+    /// The table ends holding exactly the file's good rows, swapped in at once
+    Replace,
+    /// Update rows whose --key exists, insert the others
+    Upsert,
+}
+
+impl Mode {
+    /// The mode's name, as on the command line and in the run ledger.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Append => "append",
+            Mode::Replace => "replace",
+            Mode::Upsert => "upsert",
+        }
+    }
 }
 
 /// `importer run`.
@@ -148,6 +176,54 @@ pub struct RunArgs {
     /// nothing to the database (a missing table is not created: its inferred types are logged)
     #[arg(long)]
     pub dry_run: bool,
+
+    /// append: add rows; replace: swap in exactly the file's rows; upsert: update or insert by --key
+    #[arg(long, value_enum, default_value_t = Mode::Append)]
+    pub mode: Mode,
+
+    /// Key columns for --mode upsert (a unique index or primary key must cover exactly them)
+    #[arg(long, value_delimiter = ',', value_name = "COL[,COL]")]
+    pub key: Vec<String>,
+
+    /// All or nothing: load through a staging table and publish in one transaction
+    #[arg(long)]
+    pub atomic: bool,
+
+    /// Exit 0 without importing when this file's content was already loaded into this table
+    #[arg(long)]
+    pub skip_unchanged: bool,
+
+    /// Wait up to SECONDS for another run on the same table to finish (default: fail at once)
+    #[arg(long, value_name = "SECONDS")]
+    pub wait_lock: Option<u64>,
+
+    /// Also write the stats JSON to this file
+    #[arg(long, value_name = "PATH")]
+    pub summary: Option<PathBuf>,
+}
+
+/// `importer history`.
+#[derive(Debug, Clone, Args)]
+pub struct HistoryArgs {
+    /// Only runs into this table
+    #[arg(short, long)]
+    pub table: Option<String>,
+
+    /// How the runs are printed on stdout
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+
+    /// At most this many runs, newest first
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+
+    /// PostgreSQL URL; else env DATABASE_URL, else the docker-compose.yml server
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL, hide_default_value = true)]
+    pub database_url: String,
+
+    /// Keep retrying a failed first connection, with backoff, for this many seconds
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub connect_timeout: u64,
 }
 
 /// How `importer bench` prints its comparison.

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
             Command::Run(args) => cmd::run::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
             Command::Generate(args) => cmd::generate::run(&args),
+            Command::History(args) => cmd::history::run(args).await,
         }
     });
     match outcome {

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod generate;
+pub mod history;
 pub mod run;
 
 /// How a command ended, for the exit code (mapped in `main`, the one place exit codes live).
