@@ -6,6 +6,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::progress::RowCounter;
 use crate::rejects::RejectLog;
 use crate::schema::Column;
 use crate::sink::TargetTable;
@@ -29,6 +30,13 @@ pub struct ImportJob {
     pub batch_size: usize,
     /// Where rejected rows are recorded.
     pub rejects: Arc<RejectLog>,
+    /// Upsert: positions (in `columns`) of the key columns; empty otherwise. Of rows with the
+    /// same key, only the last is written: the earlier ones are rejected as superseded.
+    pub key_positions: Vec<usize>,
+    /// Upsert straight into the target: the `ON CONFLICT ...` clause every write ends in.
+    pub conflict: Option<String>,
+    /// Rows handed on by the reader so far, for the progress display only.
+    pub progress: RowCounter,
     /// Cancelled on Ctrl-C/SIGTERM, a fatal error or once --max-errors is passed: the reader
     /// stops, the writers finish what was already read.
     pub cancel: CancellationToken,

@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod convert;
 pub mod job;
 pub mod pipeline;
+pub mod progress;
 pub mod rejects;
 pub mod schema;
 pub mod sink;

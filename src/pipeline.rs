@@ -5,6 +5,7 @@
 //! Back-pressure: the channel holds [`CHUNKS_PER_WORKER`] chunks per worker, so a slow
 //! server slows the reader instead of filling memory.
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -118,6 +119,58 @@ pub fn convert_row(
     })
 }
 
+/// Upsert: the last row number of every key in the sheet. Rows whose key has a NULL or a
+/// value that does not convert are left out: they cannot conflict, or are rejected anyway.
+fn last_rows_by_key(job: &ImportJob) -> anyhow::Result<HashMap<Vec<String>, u32>> {
+    let mut last_rows = HashMap::new();
+    let mut is_header = true;
+    read_rows(&job.source, &mut |row| {
+        if std::mem::take(&mut is_header) {
+            return ControlFlow::Continue(());
+        }
+        if job.cancel.is_cancelled() {
+            return ControlFlow::Break(());
+        }
+        let key: Option<Vec<String>> = job
+            .key_positions
+            .iter()
+            .map(|&position| {
+                let cell = row.cells.get(position).unwrap_or(&Data::Empty);
+                convert_cell(cell, &job.columns[position]).ok().flatten()
+            })
+            .collect();
+        if let Some(key) = key {
+            last_rows.insert(key, row.row_number);
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(last_rows)
+}
+
+/// Upsert: the rejection of a row that a later row with the same key supersedes (contract
+/// of issue 4: of two rows with one key, the later wins).
+fn superseded_by(
+    job: &ImportJob,
+    last_rows: &HashMap<Vec<String>, u32>,
+    row: &ConvertedRow,
+) -> Option<Rejection> {
+    let key: Vec<String> = job
+        .key_positions
+        .iter()
+        .map(|&position| row.values[position].clone())
+        .collect::<Option<_>>()?;
+    let last = *last_rows.get(&key)?;
+    (last != row.row_number).then(|| Rejection {
+        column: job
+            .key_positions
+            .iter()
+            .map(|&position| job.columns[position].name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        reason: format!("superseded by row {last} (same key)"),
+    })
+}
+
 fn read_and_convert(
     job: &ImportJob,
     chunk_rows: usize,
@@ -129,6 +182,16 @@ fn read_and_convert(
     let mut fatal: anyhow::Result<()> = Ok(());
     let mut cells_beyond_header = 0u64;
     let mut is_header = true;
+    // rows already added to the progress counter
+    let mut counted_rows = 0u64;
+    let last_rows = if job.key_positions.is_empty() {
+        None
+    } else {
+        match last_rows_by_key(job) {
+            Ok(last_rows) => Some(last_rows),
+            Err(error) => return (tally, Err(error)),
+        }
+    };
 
     let read = read_rows(&job.source, &mut |mut row| {
         if is_header {
@@ -152,7 +215,16 @@ fn read_and_convert(
             }
         }
         tally.rows_read += 1;
-        match convert_row(&job.columns, row) {
+        let converted = convert_row(&job.columns, row).and_then(|converted| {
+            match last_rows
+                .as_ref()
+                .and_then(|last| superseded_by(job, last, &converted))
+            {
+                Some(rejection) => Err((converted.row_number, rejection, converted.cell_texts())),
+                None => Ok(converted),
+            }
+        });
+        match converted {
             Ok(converted) => chunk.push(converted),
             Err((row_number, rejection, cell_texts)) => {
                 tally.error_count += 1;
@@ -164,6 +236,8 @@ fn read_and_convert(
             }
         }
         if chunk.len() >= chunk_rows {
+            job.progress.add(tally.rows_read - counted_rows);
+            counted_rows = tally.rows_read;
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_rows));
             if sender.blocking_send(full).is_err() {
                 // every writer is gone (they stopped on an error): stop reading
@@ -172,6 +246,7 @@ fn read_and_convert(
         }
         ControlFlow::Continue(())
     });
+    job.progress.add(tally.rows_read - counted_rows);
     if !chunk.is_empty() {
         // an error means every writer is gone, which they report themselves
         sender.blocking_send(chunk).ok();

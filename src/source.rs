@@ -54,12 +54,27 @@ pub struct Header {
     pub row_number: u32,
     /// The header cells as text, up to the last non-empty one.
     pub cells: Vec<String>,
+    /// Data rows the sheet declares below the header (its `<dimension>`; .xlsx only): a
+    /// hint for progress, never trusted for allocation.
+    pub declared_row_count: Option<u64>,
+}
+
+/// What `read_rows` read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SheetSummary {
+    /// The sheet actually read (for CSV: the file name).
+    pub sheet_name: String,
+    /// 1-based number of the last row the sheet declares, where the format says.
+    pub declared_last_row: Option<u32>,
 }
 
 /// Reads the header row only.
 pub fn read_header(spec: &SourceSpec) -> anyhow::Result<Header> {
     let mut first_row = None;
-    let sheet_name = read_rows(spec, &mut |row| {
+    let SheetSummary {
+        sheet_name,
+        declared_last_row,
+    } = read_rows(spec, &mut |row| {
         first_row = Some(row);
         ControlFlow::Break(())
     })?;
@@ -78,15 +93,17 @@ pub fn read_header(spec: &SourceSpec) -> anyhow::Result<Header> {
         sheet_name,
         row_number: row.row_number,
         cells,
+        declared_row_count: declared_last_row
+            .map(|last_row| u64::from(last_row.saturating_sub(row.row_number))),
     })
 }
 
 /// Visits every non-blank row at or below the header row (the header itself first) until
-/// `visit` breaks. Returns the name of the sheet read.
+/// `visit` breaks.
 pub fn read_rows(
     spec: &SourceSpec,
     visit: &mut dyn FnMut(SheetRow) -> ControlFlow<()>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<SheetSummary> {
     let path = &spec.path;
     if !path.exists() {
         bail!("file not found: {}", path.display());
@@ -101,7 +118,10 @@ pub fn read_rows(
         read_csv(path, &mut rows)?;
         rows.flush();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        return Ok(name.into_owned());
+        return Ok(SheetSummary {
+            sheet_name: name.into_owned(),
+            declared_last_row: None,
+        });
     }
     if extension(path).as_deref() == Some("ods") {
         let mut workbook = ods::OdsWorkbook::open(path)?;
@@ -115,17 +135,22 @@ pub fn read_rows(
             }
         })?;
         rows.flush();
-        return Ok(sheet_name);
+        return Ok(SheetSummary {
+            sheet_name,
+            declared_last_row: None,
+        });
     }
     let mut workbook = open_workbook(path)?;
     let sheet_name = pick_sheet(&workbook.sheet_names(), spec.sheet.as_deref(), path)?;
     let context = || format!("cannot read sheet {sheet_name:?} of {}", path.display());
+    let mut declared_last_row = None;
     match &mut workbook {
         Sheets::Xlsx(xlsx) => {
             let mut reader = xlsx
                 .worksheet_cells_reader(&sheet_name)
                 .map_err(calamine_error)
                 .with_context(context)?;
+            declared_last_row = Some(reader.dimensions().end.0 + 1);
             while !rows.stopped {
                 match reader
                     .next_cell()
@@ -159,11 +184,15 @@ pub fn read_rows(
                 .worksheet_range(&sheet_name)
                 .map_err(calamine_error)
                 .with_context(context)?;
+            declared_last_row = range.end().map(|(last_row, _)| last_row + 1);
             read_range(&range, &mut rows);
         }
     }
     rows.flush();
-    Ok(sheet_name)
+    Ok(SheetSummary {
+        sheet_name,
+        declared_last_row,
+    })
 }
 
 /// The innermost cause of `error`, as text.

@@ -3,6 +3,8 @@
 pub mod bench;
 pub mod generate;
 pub mod history;
+pub mod mode;
+pub mod record;
 pub mod run;
 
 /// How a command ended, for the exit code (mapped in `main`, the one place exit codes live).

@@ -12,9 +12,12 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::mode::{self, WritePlan};
+use super::record::RunRecord;
 use super::{Outcome, Signal, wait_for_signal};
 use crate::cli::{ImportArgs, Method, RunArgs};
 use crate::job::ImportJob;
+use crate::progress::{Progress, RowCounter};
 use crate::rejects::RejectLog;
 use crate::schema::{
     Column, InferredType, TypeInference, default_table_name, fold_header_row, map_header,
@@ -42,10 +45,22 @@ pub struct Prepared {
     pub workers: usize,
 }
 
-/// Runs `importer run`.
+/// Runs `importer run`: the import, under its table's run lock and recorded in the run
+/// ledger whatever its ending (issue 4, see `cmd::record`).
 pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
+    let mut record = RunRecord::new(&args);
+    let result = import(args, &mut record).await;
+    record.finish(result).await
+}
+
+/// The import itself.
+async fn import(args: RunArgs, record: &mut RunRecord) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let prepared = prepare(&args.import).await?;
+    // issue 4: the run lock, the ledger entry and --skip-unchanged, before anything is written
+    if let Some(skipped) = record.begin(&args, &prepared).await? {
+        return Ok(skipped);
+    }
     let table = match &prepared.existing {
         Some(table) => table.clone(),
         None if args.import.no_create => bail!(
@@ -84,7 +99,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         cancel.clone(),
     )?;
     let rejects = Arc::new(rejects);
-    let job = build_job(
+    let mut job = build_job(
         &prepared,
         table,
         args.method,
@@ -92,6 +107,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         Arc::clone(&rejects),
         cancel,
     )?;
+    let plan = match args.dry_run {
+        true => WritePlan::Direct,
+        false => mode::prepare(&mut job, args.mode, args.atomic, &args.key).await?,
+    };
+    let (pool, columns) = (job.pool.clone(), job.columns.clone());
     let shape = RunShape::new(args.method, &args.import.file, &table_name, &job);
     info!(
         file = %args.import.file.display(),
@@ -103,12 +123,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         "import started"
     );
 
-    let (report, signal) = run_job(args.method, job, args.dry_run).await?;
+    let (mut report, signal) = run_job(args.method, job, args.dry_run).await?;
     let rejects_written = rejects.finish();
     let limit_passed = rejects.limit_passed();
     let complete = report.error.is_none() && signal.is_none() && !limit_passed;
+    let staged_rows = report.tally.success_count;
+    match mode::finish(&plan, &pool, &columns, &table_name, complete).await {
+        Ok(true) => {}
+        Ok(false) => report.tally.success_count = 0,
+        Err(error) => {
+            report.tally.success_count = 0;
+            report.error.get_or_insert(error);
+        }
+    }
+    if !matches!(plan, WritePlan::Direct) && report.tally.success_count == 0 && staged_rows > 0 {
+        warn!(table = %table_name, staged_rows, "the staged rows were discarded: the table is as it was before this run");
+    }
+    let complete = complete && report.error.is_none();
     let stats = ImportStats::new(&shape, report.tally, started.elapsed(), complete)?;
     stats.print(args.format)?;
+    record.keep_stats(&stats).await?; // --summary and the ledger's copy
     info!(
         table = %table_name,
         total_records = stats.total_records,
@@ -151,18 +185,27 @@ pub async fn run_job(
 ) -> anyhow::Result<(RunReport, Option<Signal>)> {
     let cancel = job.cancel.clone();
     let job = Arc::new(job);
-    let running = async move {
-        if dry_run {
-            strategy::dry_run(job).await
-        } else {
-            strategy::run(method, job).await
+    let mut progress = Progress::start(job.header.declared_row_count);
+    let mut ticks = tokio::time::interval(progress.interval());
+    let running = {
+        let job = Arc::clone(&job);
+        async move {
+            if dry_run {
+                strategy::dry_run(job).await
+            } else {
+                strategy::run(method, job).await
+            }
         }
     };
     tokio::pin!(running);
     let mut signal: Option<Signal> = None;
     loop {
         tokio::select! {
-            report = &mut running => return Ok((report, signal)),
+            report = &mut running => {
+                progress.finish();
+                return Ok((report, signal));
+            }
+            _ = ticks.tick() => progress.update(job.progress.get()),
             received = wait_for_signal(), if signal.is_none() => {
                 let received = received?;
                 warn!(signal = received.name(), "stopping: no more rows are read; rows already read are finished");
@@ -202,7 +245,8 @@ pub async fn prepare(args: &ImportArgs) -> anyhow::Result<Prepared> {
         })?,
     };
     let workers = args.workers.map_or_else(available_cores, usize::from);
-    let pool = sink::connect(&args.database_url, workers as u32 + 1).await?;
+    let connect_timeout = std::time::Duration::from_secs(args.connect_timeout);
+    let pool = sink::connect(&args.database_url, workers as u32 + 1, connect_timeout).await?;
     let existing = sink::load_table(&pool, &table_name).await?;
     Ok(Prepared {
         source,
@@ -279,6 +323,9 @@ pub fn build_job(
         workers,
         batch_size: batch_size as usize,
         rejects,
+        key_positions: Vec::new(),
+        conflict: None,
+        progress: RowCounter::default(),
         cancel,
     })
 }

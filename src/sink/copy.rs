@@ -1,108 +1,118 @@
 //! COPY FROM STDIN in PostgreSQL's text format: the encoder and the chunk writer.
 //!
 //! Values arrive already validated and in text input form (see `convert`), so the server
-//! parses them exactly as it parses the INSERT methods' casts. Rows whose NULL must fall back
-//! to a NOT NULL column's default (which COPY cannot express) are inserted in the same
-//! transaction as the chunk, so every method leaves the same rows.
+//! parses them exactly as it parses the INSERT methods' casts. Where a plain COPY cannot
+//! say what the INSERT methods say (a NOT NULL column's default for a NULL value, or
+//! upsert's `ON CONFLICT`), the chunk is copied into a temporary text table and moved on
+//! with the same `INSERT ... SELECT` the batch method uses, in one transaction, so every
+//! method leaves the same rows.
 
 use sqlx::{Connection, PgConnection};
 
 use crate::pipeline::ConvertedRow;
 use crate::schema::Column;
-use crate::sink::insert::InsertStatement;
+use crate::sink::insert::{insert_head, select_columns};
 use crate::sink::{TargetTable, quote_ident};
+
+/// Per-connection temporary table that chunks pass through when a plain COPY cannot do.
+const CHUNK_TABLE: &str = "importer_chunk";
 
 /// The COPY statement for one target table and one sheet column order.
 #[derive(Debug, Clone)]
 pub struct CopyStatement {
-    sql: String,
-    /// Positions of NOT NULL columns with a default expression.
-    defaulted_positions: Vec<usize>,
-    fallback: InsertStatement,
+    copy_sql: String,
+    /// With a plain COPY: `None`. Otherwise the temp table's DDL and the INSERT that moves a
+    /// chunk from it into the target.
+    via_chunk_table: Option<(String, String)>,
 }
 
 impl CopyStatement {
-    /// Builds the statement for `columns` (one per sheet column, in sheet order).
-    pub fn new(table: &TargetTable, columns: &[Column]) -> Self {
-        let column_list: Vec<String> = columns
+    /// Builds the statement for `columns` (one per sheet column, in sheet order); `conflict`
+    /// is upsert's `ON CONFLICT ...` clause.
+    pub fn new(table: &TargetTable, columns: &[Column], conflict: Option<&str>) -> Self {
+        let needs_default = columns
             .iter()
-            .map(|column| quote_ident(&column.name))
+            .any(|column| column.not_null && column.default_sql.is_some());
+        if !needs_default && conflict.is_none() {
+            let column_list: Vec<String> = columns
+                .iter()
+                .map(|column| quote_ident(&column.name))
+                .collect();
+            return CopyStatement {
+                copy_sql: format!(
+                    "COPY {} ({}) FROM STDIN",
+                    table.name.quoted(),
+                    column_list.join(", ")
+                ),
+                via_chunk_table: None,
+            };
+        }
+        let text_columns: Vec<String> = (1..=columns.len())
+            .map(|position| format!("c{position} text"))
             .collect();
-        let defaulted_positions = columns
-            .iter()
-            .enumerate()
-            .filter(|(_, column)| column.not_null && column.default_sql.is_some())
-            .map(|(position, _)| position)
-            .collect();
+        let create = format!(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS {CHUNK_TABLE} ({}) ON COMMIT DELETE ROWS",
+            text_columns.join(", ")
+        );
+        let insert = format!(
+            "{} {} {}",
+            insert_head(table, columns),
+            select_columns(columns, CHUNK_TABLE),
+            conflict.unwrap_or_default()
+        );
         CopyStatement {
-            sql: format!(
-                "COPY {} ({}) FROM STDIN",
-                table.name.quoted(),
-                column_list.join(", ")
-            ),
-            defaulted_positions,
-            fallback: InsertStatement::new(table, columns),
+            copy_sql: format!("COPY {CHUNK_TABLE} FROM STDIN"),
+            via_chunk_table: Some((create, insert)),
         }
     }
 
-    /// Writes `rows`: one COPY, all or nothing. Returns the rows written.
+    /// Writes `rows`: all or nothing. Returns the rows written.
     pub async fn copy_rows(
         &self,
         connection: &mut PgConnection,
         rows: &[ConvertedRow],
     ) -> Result<u64, sqlx::Error> {
-        let needs_default = |row: &&ConvertedRow| {
-            self.defaulted_positions
-                .iter()
-                .any(|&position| row.values[position].is_none())
+        let Some((create, insert)) = &self.via_chunk_table else {
+            return copy_in(connection, &self.copy_sql, rows).await;
         };
-        if !rows.iter().any(|row| needs_default(&row)) {
-            return self.copy_only(connection, rows.iter()).await;
-        }
-        // COPY cannot ask for a default: those rows go through INSERT, in one transaction
-        // with the rest so that a failing chunk leaves nothing behind
         let mut transaction = connection.begin().await?;
-        let (defaulted, copied): (Vec<&ConvertedRow>, Vec<&ConvertedRow>) =
-            rows.iter().partition(needs_default);
-        let mut written = self.copy_only(&mut transaction, copied.into_iter()).await?;
-        let defaulted: Vec<ConvertedRow> = defaulted.into_iter().cloned().collect();
-        written += self
-            .fallback
-            .insert_rows(&mut transaction, &defaulted)
-            .await?;
+        sqlx::query(create).execute(&mut *transaction).await?;
+        copy_in(&mut transaction, &self.copy_sql, rows).await?;
+        let written = sqlx::query(insert)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
         transaction.commit().await?;
         Ok(written)
     }
+}
 
-    async fn copy_only<'a>(
-        &self,
-        connection: &mut PgConnection,
-        rows: impl Iterator<Item = &'a ConvertedRow>,
-    ) -> Result<u64, sqlx::Error> {
-        let rows: Vec<&ConvertedRow> = rows.collect();
-        // one allocation per chunk: the unescaped size, plus a separator or newline per value
-        let size: usize = rows
-            .iter()
-            .flat_map(|row| &row.values)
-            .map(|value| value.as_ref().map_or(2, String::len) + 1)
-            .sum();
-        let mut data = Vec::with_capacity(size + size / 64);
-        let mut row_count = 0;
-        for row in rows {
-            encode_row(&row.values, &mut data);
-            row_count += 1;
-        }
-        if row_count == 0 {
-            return Ok(0);
-        }
-        let mut copy = connection.copy_in_raw(&self.sql).await?;
-        if let Err(error) = copy.send(data).await {
-            // contract of PgCopyIn: every COPY ends in finish() or abort()
-            copy.abort("importer: sending the chunk failed").await.ok();
-            return Err(error);
-        }
-        copy.finish().await
+/// One COPY of `rows`, which ends in finish() or abort().
+async fn copy_in(
+    connection: &mut PgConnection,
+    copy_sql: &str,
+    rows: &[ConvertedRow],
+) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
     }
+    // one allocation per chunk: the unescaped size, plus a separator or newline per value
+    let size: usize = rows
+        .iter()
+        .flat_map(|row| &row.values)
+        .map(|value| value.as_ref().map_or(2, String::len) + 1)
+        .sum();
+    let mut data = Vec::with_capacity(size + size / 64);
+    for row in rows {
+        encode_row(&row.values, &mut data);
+    }
+    let mut copy = connection.copy_in_raw(copy_sql).await?;
+    if let Err(error) = copy.send(data).await {
+        // contract of PgCopyIn: every COPY ends in finish() or abort()
+        copy.abort("importer: sending the chunk failed").await.ok();
+        return Err(error);
+    }
+    copy.finish().await
 }
 
 /// Appends one row in COPY text format: tab-separated, `\N` for NULL, newline-terminated.

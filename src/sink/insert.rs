@@ -21,41 +21,25 @@ pub struct InsertStatement {
 }
 
 impl InsertStatement {
-    /// Builds the statements for `columns` (one per sheet column, in sheet order).
-    pub fn new(table: &TargetTable, columns: &[Column]) -> Self {
-        let column_list: Vec<String> = columns
-            .iter()
-            .map(|column| quote_ident(&column.name))
-            .collect();
-        let column_list = column_list.join(", ");
-        let target = table.name.quoted();
-
+    /// Builds the statements for `columns` (one per sheet column, in sheet order), each
+    /// ending in `conflict` (an `ON CONFLICT ...` clause, for upsert) when given.
+    pub fn new(table: &TargetTable, columns: &[Column], conflict: Option<&str>) -> Self {
+        let head = insert_head(table, columns);
+        let conflict = conflict
+            .map(|clause| format!(" {clause}"))
+            .unwrap_or_default();
         let placeholders: Vec<String> = columns
             .iter()
             .enumerate()
             .map(|(position, column)| value_expression(column, &format!("${}", position + 1)))
             .collect();
-        let single_row_sql = format!(
-            "INSERT INTO {target} ({column_list}) VALUES ({})",
-            placeholders.join(", ")
-        );
-
-        let selected: Vec<String> = columns
-            .iter()
-            .enumerate()
-            .map(|(position, column)| value_expression(column, &format!("u.c{}", position + 1)))
-            .collect();
+        let single_row_sql = format!("{head} VALUES ({}){conflict}", placeholders.join(", "));
         let arrays: Vec<String> = (1..=columns.len())
             .map(|position| format!("${position}::text[]"))
             .collect();
-        let aliases: Vec<String> = (1..=columns.len())
-            .map(|position| format!("c{position}"))
-            .collect();
         let multi_row_sql = format!(
-            "INSERT INTO {target} ({column_list}) SELECT {} FROM UNNEST({}) AS u({})",
-            selected.join(", "),
-            arrays.join(", "),
-            aliases.join(", ")
+            "{head} {}{conflict}",
+            select_columns(columns, &format!("UNNEST({})", arrays.join(", ")))
         );
         InsertStatement {
             single_row_sql,
@@ -93,6 +77,37 @@ impl InsertStatement {
         }
         Ok(query.execute(connection).await?.rows_affected())
     }
+}
+
+/// `INSERT INTO target (columns...)`.
+pub fn insert_head(table: &TargetTable, columns: &[Column]) -> String {
+    let column_list: Vec<String> = columns
+        .iter()
+        .map(|column| quote_ident(&column.name))
+        .collect();
+    format!(
+        "INSERT INTO {} ({})",
+        table.name.quoted(),
+        column_list.join(", ")
+    )
+}
+
+/// `SELECT <typed values> FROM <source> AS u(c1, ..., cn)`: `source` yields one text column
+/// per sheet column (UNNEST of text arrays, or a text table).
+pub fn select_columns(columns: &[Column], source: &str) -> String {
+    let selected: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(position, column)| value_expression(column, &format!("u.c{}", position + 1)))
+        .collect();
+    let aliases: Vec<String> = (1..=columns.len())
+        .map(|position| format!("c{position}"))
+        .collect();
+    format!(
+        "SELECT {} FROM {source} AS u({})",
+        selected.join(", "),
+        aliases.join(", ")
+    )
 }
 
 /// The SQL expression that turns the text in `source` into the column's value.
@@ -146,7 +161,7 @@ mod tests {
             name: TableName::parse("sales.orders").unwrap(),
             columns: columns.clone(),
         };
-        let statement = InsertStatement::new(&table, &columns);
+        let statement = InsertStatement::new(&table, &columns, None);
         assert_eq!(
             statement.single_row_sql,
             r#"INSERT INTO "sales"."orders" ("name", "qty", "created at") VALUES ($1, $2::integer, COALESCE($3::timestamp with time zone, now()))"#

@@ -6,18 +6,34 @@
 
 pub mod copy;
 pub mod insert;
+pub mod ledger;
+pub mod lock;
+pub mod staging;
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
+use tracing::warn;
 
 use crate::schema::{Column, ColumnType, InferredType};
 
 /// How long a worker waits for a pooled connection before the run fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The first pause between two attempts at the first connection; doubled after each.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
+
+/// The longest pause between two attempts at the first connection.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(4);
+
+/// The least time one connection attempt is given, even when --connect-timeout is nearly over.
+const MIN_ATTEMPT_TIME: Duration = Duration::from_secs(1);
+
+/// SQLSTATE cannot_connect_now: "the database system is starting up" (or in recovery).
+const CANNOT_CONNECT_NOW: &str = "57P03";
 
 /// SQLSTATE classes whose errors concern the row's data, not the run: 22 data exception,
 /// 23 integrity constraint violation, P0 PL/pgSQL raise (a trigger refusing the row).
@@ -78,9 +94,15 @@ pub struct TargetTable {
 }
 
 /// Connects to `url` and returns a pool of up to `max_connections`. The first connection is
-/// made here, once, so that an unreachable server or a wrong password fails fast with a
-/// clear message (which never contains the password).
-pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+/// made here, so that an unreachable server or a wrong password fails with a clear message
+/// (which never contains the password). While the server is unreachable or starting up, that
+/// first connection is retried with backoff for up to `connect_timeout` (issue 4: a nightly
+/// run should outlast a server restart); a wrong password or database fails at once.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    connect_timeout: Duration,
+) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url)
         .map_err(|_| anyhow::anyhow!("invalid --database-url / DATABASE_URL: expected postgres://USER:PASSWORD@HOST:PORT/DATABASE"))?
         .application_name("importer")
@@ -96,14 +118,89 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
         options.get_database().unwrap_or(options.get_username()),
         options.get_username()
     );
-    match PgConnection::connect_with(&options).await {
-        Ok(connection) => connection.close().await.ok(),
-        Err(error) => return Err(connection_error(error, &server)),
-    };
+    connect_first(&options, &server, connect_timeout)
+        .await?
+        .close()
+        .await
+        .ok();
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_lazy_with(options))
+}
+
+/// Makes the first connection, retrying connection-level failures (see [`is_transient`])
+/// with exponential backoff until `connect_timeout` has passed; 0 means one attempt.
+async fn connect_first(
+    options: &PgConnectOptions,
+    server: &str,
+    connect_timeout: Duration,
+) -> anyhow::Result<PgConnection> {
+    let started = Instant::now();
+    let deadline = started + connect_timeout;
+    let mut delay = FIRST_RETRY_DELAY;
+    let mut attempt_count: u32 = 0;
+    loop {
+        attempt_count += 1;
+        let attempt = PgConnection::connect_with(options);
+        let result = if connect_timeout.is_zero() {
+            attempt.await
+        } else {
+            // a server that drops packets would hold one attempt for the OS's TCP timeout
+            let bound = deadline
+                .saturating_duration_since(Instant::now())
+                .max(MIN_ATTEMPT_TIME);
+            tokio::time::timeout(bound, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no answer from the server",
+                    )))
+                })
+        };
+        let error = match result {
+            Ok(connection) => return Ok(connection),
+            Err(error) if is_transient(&error) => error,
+            Err(error) => return Err(connection_error(error, server)),
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            let tried = if connect_timeout.is_zero() {
+                "tried once (--connect-timeout 0)".to_string()
+            } else {
+                format!(
+                    "gave up after {:.1} s and {attempt_count} attempt{} (--connect-timeout {})",
+                    now.duration_since(started).as_secs_f64(),
+                    if attempt_count == 1 { "" } else { "s" },
+                    connect_timeout.as_secs()
+                )
+            };
+            let error = connection_error(error, server);
+            return Err(anyhow::anyhow!("{error:#}; {tried}"));
+        }
+        let pause = delay.min(deadline - now);
+        warn!(
+            server,
+            attempt = attempt_count,
+            retry_in_seconds = pause.as_millis() as f64 / 1000.0,
+            error = %error_message(&error),
+            "cannot connect to PostgreSQL yet; retrying"
+        );
+        tokio::time::sleep(pause).await;
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    }
+}
+
+/// Whether a failed connection attempt may succeed later: an I/O error (refused, reset,
+/// unreachable, timed out) or a server that is starting up. Not: authentication, a missing
+/// database, TLS.
+fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(database) => database.code().as_deref() == Some(CANNOT_CONNECT_NOW),
+        _ => false,
+    }
 }
 
 fn connection_error(error: sqlx::Error, server: &str) -> anyhow::Error {
@@ -237,6 +334,60 @@ pub async fn create_table(
         .await
         .with_context(|| format!("cannot create table {name}"))?;
     Ok(())
+}
+
+/// Upsert's `ON CONFLICT` clause for the key columns of `columns` (the sheet's columns):
+/// fatal unless a unique index or primary key covers exactly the key columns.
+pub async fn conflict_clause(
+    pool: &PgPool,
+    table: &TableName,
+    columns: &[Column],
+    key_positions: &[usize],
+) -> anyhow::Result<String> {
+    let keys: Vec<String> = key_positions
+        .iter()
+        .map(|&position| columns[position].name.clone())
+        .collect();
+    let has_unique_index: bool = sqlx::query_scalar(
+        "SELECT EXISTS (
+            SELECT 1 FROM pg_index i
+             WHERE i.indrelid = to_regclass($1) AND i.indisunique
+               AND i.indpred IS NULL AND i.indexprs IS NULL
+               AND i.indnkeyatts = cardinality($2::text[])
+               AND ARRAY(SELECT a.attname::text FROM pg_attribute a
+                          WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey[0:i.indnkeyatts - 1]))
+                   @> $2::text[])",
+    )
+    .bind(table.quoted())
+    .bind(&keys)
+    .fetch_one(pool)
+    .await
+    .with_context(|| format!("cannot read the unique indexes of table {table}"))?;
+    let key_list: Vec<String> = keys.iter().map(|key| quote_ident(key)).collect();
+    let key_list = key_list.join(", ");
+    if !has_unique_index {
+        bail!(
+            "--mode upsert needs a unique index or primary key on exactly ({key_list}) of table {table}; create one with: CREATE UNIQUE INDEX ON {} ({key_list})",
+            table.quoted()
+        );
+    }
+    let updates: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .filter(|(position, _)| !key_positions.contains(position))
+        .map(|(_, column)| {
+            let name = quote_ident(&column.name);
+            format!("{name} = EXCLUDED.{name}")
+        })
+        .collect();
+    Ok(if updates.is_empty() {
+        format!("ON CONFLICT ({key_list}) DO NOTHING")
+    } else {
+        format!(
+            "ON CONFLICT ({key_list}) DO UPDATE SET {}",
+            updates.join(", ")
+        )
+    })
 }
 
 /// Creates `scratch` shaped like `target` (columns, defaults, constraints, indexes).

@@ -11,7 +11,11 @@ use crate::sink::insert::InsertStatement;
 
 /// Writes each chunk of `job.batch_size` rows with one INSERT, on `job.workers` connections.
 pub(super) async fn run(job: Arc<ImportJob>) -> RunReport {
-    let writer = ChunkWriter::MultiRow(InsertStatement::new(&job.table, &job.columns));
+    let writer = ChunkWriter::MultiRow(InsertStatement::new(
+        &job.table,
+        &job.columns,
+        job.conflict.as_deref(),
+    ));
     let (batch_size, workers) = (job.batch_size, job.workers);
     drive(job, batch_size, workers, writer).await
 }

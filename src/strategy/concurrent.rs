@@ -15,7 +15,11 @@ use crate::sink::insert::InsertStatement;
 
 /// Writes every row with its own INSERT, on `job.workers` connections at once.
 pub(super) async fn run(job: Arc<ImportJob>) -> RunReport {
-    let writer = ChunkWriter::RowByRow(InsertStatement::new(&job.table, &job.columns));
+    let writer = ChunkWriter::RowByRow(InsertStatement::new(
+        &job.table,
+        &job.columns,
+        job.conflict.as_deref(),
+    ));
     let workers = job.workers;
     drive(job, ROWS_PER_CHUNK, workers, writer).await
 }

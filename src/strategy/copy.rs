@@ -10,7 +10,11 @@ use crate::sink::copy::CopyStatement;
 
 /// Writes each chunk of `job.batch_size` rows with one COPY, on `job.workers` connections.
 pub(super) async fn run(job: Arc<ImportJob>) -> RunReport {
-    let writer = ChunkWriter::Copy(CopyStatement::new(&job.table, &job.columns));
+    let writer = ChunkWriter::Copy(CopyStatement::new(
+        &job.table,
+        &job.columns,
+        job.conflict.as_deref(),
+    ));
     let (batch_size, workers) = (job.batch_size, job.workers);
     drive(job, batch_size, workers, writer).await
 }

@@ -12,6 +12,10 @@ pub(super) const ROWS_PER_CHUNK: usize = 1;
 
 /// Writes every row with its own INSERT on one connection.
 pub(super) async fn run(job: Arc<ImportJob>) -> RunReport {
-    let writer = ChunkWriter::RowByRow(InsertStatement::new(&job.table, &job.columns));
+    let writer = ChunkWriter::RowByRow(InsertStatement::new(
+        &job.table,
+        &job.columns,
+        job.conflict.as_deref(),
+    ));
     drive(job, ROWS_PER_CHUNK, 1, writer).await
 }

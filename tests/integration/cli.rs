@@ -400,8 +400,22 @@ fn unreachable_database_names_host_and_port_and_never_shows_the_password() {
     let csv = dir.path("people.csv");
     std::fs::write(&csv, "name\nann\n").unwrap();
     let url = "postgres://x:secretpw@127.0.0.1:1/db";
-    let by_flag = run_importer(&["run", "--database-url", url, path_str(&csv)], None);
-    let by_env = run_importer(&["run", path_str(&csv)], Some(url));
+    // --connect-timeout 0: one attempt, not the default 30 s of retries (see nightly.rs)
+    let by_flag = run_importer(
+        &[
+            "run",
+            "--connect-timeout",
+            "0",
+            "--database-url",
+            url,
+            path_str(&csv),
+        ],
+        None,
+    );
+    let by_env = run_importer(
+        &["run", "--connect-timeout", "0", path_str(&csv)],
+        Some(url),
+    );
     for (how, run) in [("--database-url", by_flag), ("DATABASE_URL", by_env)] {
         let line = fatal_error_line(&run);
         assert!(

@@ -4,6 +4,8 @@
 mod cli;
 mod create_table;
 mod formats;
+mod modes;
+mod nightly;
 mod rejects;
 mod strategies;
 mod util;

@@ -1,0 +1,152 @@
+//! `--mode` and `--atomic`: where a run writes, and what happens once the rows are in.
+//!
+//! - append: straight into the target, committing as it goes (the contract's default).
+//! - upsert: straight into the target with `ON CONFLICT (key) DO UPDATE`; of rows sharing a
+//!   key only the last is written (the earlier ones are rejected as superseded).
+//! - `--atomic` (append or upsert): into a staging table, published into the target with
+//!   one INSERT ... SELECT in one transaction; any stop before that leaves the target as it was.
+//! - replace: into a fresh staging table with the target's unique indexes only; the other
+//!   indexes are built after the load, then the staging table takes the target's place in one
+//!   transaction. Readers see the old rows until the commit and the new ones after it.
+//!
+//! Orchestration only: the SQL is in `sink::staging` and `sink::conflict_clause`.
+
+use anyhow::bail;
+use sqlx::PgPool;
+use tracing::info;
+
+use crate::cli::Mode;
+use crate::job::ImportJob;
+use crate::schema::{Column, fold_header};
+use crate::sink::staging::{self, Published, SecondaryIndex};
+use crate::sink::{self, TableName};
+
+/// Where the rows of a run go before they are in the target.
+pub enum WritePlan {
+    /// Straight into the target.
+    Direct,
+    /// Into `staging`, which replaces the target at the end.
+    Replace {
+        staging: TableName,
+        indexes: Vec<SecondaryIndex>,
+    },
+    /// Into `staging`, published into the target at the end (with `conflict` for upsert).
+    Publish {
+        staging: TableName,
+        conflict: Option<String>,
+    },
+}
+
+/// Sets the job up for `mode`: checks `--key`, points the job at a staging table when the
+/// mode needs one (creating it), and returns the plan to finish with.
+pub async fn prepare(
+    job: &mut ImportJob,
+    mode: Mode,
+    atomic: bool,
+    key: &[String],
+) -> anyhow::Result<WritePlan> {
+    if mode != Mode::Upsert && !key.is_empty() {
+        bail!("--key is only used with --mode upsert");
+    }
+    let target = job.table.name.clone();
+    let mut conflict = None;
+    if mode == Mode::Upsert {
+        if key.is_empty() {
+            bail!("--mode upsert needs --key COL[,COL]: the columns that identify a row");
+        }
+        job.key_positions = key_positions(job, key)?;
+        conflict = Some(
+            sink::conflict_clause(&job.pool, &target, &job.columns, &job.key_positions).await?,
+        );
+    }
+    let staging = TableName {
+        schema: target.schema.clone(),
+        name: format!("importer_staging_{}", std::process::id()),
+    };
+    let plan = match (mode, atomic) {
+        (Mode::Append, false) => WritePlan::Direct,
+        (Mode::Upsert, false) => {
+            job.conflict = conflict;
+            WritePlan::Direct
+        }
+        (Mode::Replace, _) => {
+            let indexes = staging::create_for_replace(&job.pool, &target, &staging).await?;
+            WritePlan::Replace { staging, indexes }
+        }
+        (Mode::Append | Mode::Upsert, true) => {
+            staging::create_for_publish(&job.pool, &target, &staging).await?;
+            WritePlan::Publish { staging, conflict }
+        }
+    };
+    if let WritePlan::Replace { staging, .. } | WritePlan::Publish { staging, .. } = &plan {
+        info!(table = %target, staging = %staging, mode = mode.name(), "loading into a staging table");
+        job.table.name = staging.clone();
+    }
+    Ok(plan)
+}
+
+/// Finishes a run: with `complete`, moves the staged rows into the target and returns true;
+/// otherwise drops the staging table and returns false, the target untouched. `Direct`
+/// runs are already done (true).
+pub async fn finish(
+    plan: &WritePlan,
+    pool: &PgPool,
+    columns: &[Column],
+    target: &TableName,
+    complete: bool,
+) -> anyhow::Result<bool> {
+    let staging_table = match plan {
+        WritePlan::Direct => return Ok(true),
+        WritePlan::Replace { staging, .. } | WritePlan::Publish { staging, .. } => staging,
+    };
+    if !complete {
+        staging::discard(pool, staging_table).await?;
+        return Ok(false);
+    }
+    let published = match plan {
+        WritePlan::Direct => Ok(()),
+        WritePlan::Replace { staging, indexes } => {
+            match staging::build_indexes(pool, staging, indexes).await {
+                Ok(()) => staging::swap_in(pool, staging, target).await.map(|published| {
+                    if published == Published::Refilled {
+                        info!(table = %target, "the table has grants, triggers or dependants: emptied and refilled in one transaction instead of swapped");
+                    }
+                }),
+                Err(error) => Err(error),
+            }
+        }
+        WritePlan::Publish { staging, conflict } => {
+            staging::publish(pool, staging, target, columns, conflict.as_deref())
+                .await
+                .map(|_| ())
+        }
+    };
+    if published.is_err() {
+        // best effort: the publishing error is the one to report
+        staging::discard(pool, staging_table).await.ok();
+    }
+    published.map(|()| true)
+}
+
+/// The positions (in the job's sheet columns) of the `--key` columns, matched like headers.
+fn key_positions(job: &ImportJob, key: &[String]) -> anyhow::Result<Vec<usize>> {
+    key.iter()
+        .map(|wanted| {
+            let folded = fold_header(wanted);
+            job.columns
+                .iter()
+                .position(|column| fold_header(&column.name) == folded)
+                .ok_or_else(|| {
+                    let names: Vec<String> = job
+                        .columns
+                        .iter()
+                        .map(|column| format!("{:?}", column.name))
+                        .collect();
+                    anyhow::anyhow!(
+                        "--key {wanted:?} is not a column of the sheet (its columns: {})",
+                        names.join(", ")
+                    )
+                })
+        })
+        .collect()
+}

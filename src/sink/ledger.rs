@@ -1,0 +1,361 @@
+//! The run ledger (issue 4): the table `importer.runs`, one row per `importer run` that got
+//! as far as holding its table's lock. The row is inserted as `running` when the import starts
+//! and updated with its outcome, stats and error when it ends, so that `--skip-unchanged` can
+//! tell whether a file's content is already in a table, and `importer history` can list runs.
+//!
+//! A file is known by its bytes ([`fingerprint`]: SHA-256 and size), not by its name or
+//! mtime: cron jobs re-download the same export under the same name every night. The ledger is
+//! created on first use, under a transaction-scoped advisory lock because `CREATE ... IF NOT
+//! EXISTS` alone is not safe against a concurrent create. This module owns the ledger's SQL;
+//! `cmd::record` decides what to record, `cmd::history` how to show it.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::{PgPool, Row};
+use tracing::info;
+
+use super::TableName;
+use super::lock::advisory_key;
+use crate::stats::ImportStats;
+
+/// The ledger's name, for messages.
+pub const LEDGER_TABLE: &str = "importer.runs";
+
+/// The ledger's schema and table. Outcomes are not constrained by a CHECK so that a later
+/// version can add one without a migration; [`RunOutcome`] lists them.
+const CREATE_LEDGER: &str = "
+CREATE SCHEMA IF NOT EXISTS importer;
+CREATE TABLE IF NOT EXISTS importer.runs (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    file_path       text NOT NULL,
+    file_size       bigint NOT NULL,
+    sha256          text NOT NULL,
+    sheet           text NOT NULL,
+    table_schema    text NOT NULL,
+    table_name      text NOT NULL,
+    method          text NOT NULL,
+    mode            text NOT NULL,
+    started_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at     timestamptz,
+    stats           jsonb,
+    outcome         text NOT NULL,
+    error           text,
+    previous_run_id bigint
+);
+CREATE INDEX IF NOT EXISTS runs_table_sha256_idx
+    ON importer.runs (table_schema, table_name, sha256);
+COMMENT ON TABLE importer.runs IS
+    'importer run ledger: one row per run (outcome running, succeeded, rejected_rows, failed, cancelled or skipped)';
+COMMENT ON COLUMN importer.runs.stats IS 'the run''s ImportStats, as --format json prints them';
+COMMENT ON COLUMN importer.runs.previous_run_id IS 'skipped runs: the run that loaded the same content';
+";
+
+/// Bytes read at a time while hashing.
+const HASH_BUFFER_BYTES: usize = 1 << 16;
+
+/// How a run ended, as the ledger's `outcome` column spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Started and not finished yet (or the process died without a word).
+    Running,
+    /// Every row is in (exit 0).
+    Succeeded,
+    /// Finished, some rows rejected (exit 3).
+    RejectedRows,
+    /// A fatal error after the start, --max-errors included (exit 1).
+    Failed,
+    /// Stopped by Ctrl-C or SIGTERM (exit 130 / 143).
+    Cancelled,
+    /// `--skip-unchanged` found the content already loaded; nothing was done.
+    Skipped,
+}
+
+impl RunOutcome {
+    /// The outcome's name in the ledger.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunOutcome::Running => "running",
+            RunOutcome::Succeeded => "succeeded",
+            RunOutcome::RejectedRows => "rejected_rows",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Cancelled => "cancelled",
+            RunOutcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// A file as the ledger knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileFingerprint {
+    /// The absolute path.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// Hashes `path` off the async runtime (a large workbook takes a moment).
+pub async fn fingerprint(path: &Path) -> anyhow::Result<FileFingerprint> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || fingerprint_blocking(&path))
+        .await
+        .context("the file hasher panicked")?
+}
+
+fn fingerprint_blocking(path: &Path) -> anyhow::Result<FileFingerprint> {
+    let cannot_read = || format!("cannot read {} to hash it", path.display());
+    let mut file = std::fs::File::open(path).with_context(cannot_read)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; HASH_BUFFER_BYTES];
+    let mut size: u64 = 0;
+    loop {
+        let read = file.read(&mut buffer).with_context(cannot_read)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+        size += read as u64;
+    }
+    let absolute = std::path::absolute(path)
+        .with_context(|| format!("cannot make {} an absolute path", path.display()))?;
+    Ok(FileFingerprint {
+        path: absolute.display().to_string(),
+        size,
+        sha256: format!("{:x}", hasher.finalize()),
+    })
+}
+
+/// What the ledger records when a run starts.
+#[derive(Debug, Clone)]
+pub struct RunStart<'a> {
+    /// The file read.
+    pub file: &'a FileFingerprint,
+    /// The sheet read (for CSV: the file name).
+    pub sheet: &'a str,
+    /// The target table, schema-qualified.
+    pub table: &'a TableName,
+    /// `--method`, by its contract name.
+    pub method: &'a str,
+    /// `--mode`, by its name.
+    pub mode: &'a str,
+}
+
+/// An earlier run that loaded the same content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousLoad {
+    /// Its ledger id.
+    pub run_id: i64,
+    /// When it finished, as text in the server's time zone.
+    pub finished_at: String,
+}
+
+/// Whether the ledger exists (without creating it).
+pub async fn ledger_exists(pool: &PgPool) -> anyhow::Result<bool> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(LEDGER_TABLE)
+        .fetch_one(pool)
+        .await
+        .with_context(|| format!("cannot look up the run ledger {LEDGER_TABLE}"))?;
+    Ok(exists)
+}
+
+/// Creates the ledger unless it exists. Two first runs at once are safe: creation is
+/// serialised by a transaction-scoped advisory lock, and the second finds the table.
+pub async fn create_ledger(pool: &PgPool) -> anyhow::Result<()> {
+    // an existing ledger needs no CREATE privilege on the database
+    if ledger_exists(pool).await? {
+        return Ok(());
+    }
+    let cannot_create = || {
+        format!(
+            "cannot create the run ledger {LEDGER_TABLE}; a user with CREATE on the database can create it by running importer once"
+        )
+    };
+    let mut transaction = pool.begin().await.with_context(cannot_create)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(advisory_key("importer ledger"))
+        .execute(&mut *transaction)
+        .await
+        .with_context(cannot_create)?;
+    sqlx::raw_sql(CREATE_LEDGER)
+        .execute(&mut *transaction)
+        .await
+        .with_context(cannot_create)?;
+    transaction.commit().await.with_context(cannot_create)?;
+    info!(ledger = LEDGER_TABLE, "run ledger ready");
+    Ok(())
+}
+
+/// The latest run that loaded this content into this table (outcome succeeded or
+/// rejected_rows).
+pub async fn previous_load(
+    pool: &PgPool,
+    table: &TableName,
+    sha256: &str,
+) -> anyhow::Result<Option<PreviousLoad>> {
+    let previous: Option<(i64, String)> = sqlx::query_as(
+        "SELECT id, to_char(coalesce(finished_at, started_at), 'YYYY-MM-DD HH24:MI:SS TZ')
+           FROM importer.runs
+          WHERE table_schema = $1 AND table_name = $2 AND sha256 = $3
+            AND outcome IN ('succeeded', 'rejected_rows')
+          ORDER BY id DESC
+          LIMIT 1",
+    )
+    .bind(table.schema.as_deref())
+    .bind(&table.name)
+    .bind(sha256)
+    .fetch_optional(pool)
+    .await
+    .with_context(|| format!("cannot read the run ledger {LEDGER_TABLE} for table {table}"))?;
+    Ok(previous.map(|(run_id, finished_at)| PreviousLoad {
+        run_id,
+        finished_at,
+    }))
+}
+
+/// Records a run and returns its id: `Running` for one that starts, or an outcome already
+/// reached (`Skipped`, with the run that loaded the content), which also sets `finished_at`.
+pub async fn insert_run(
+    pool: &PgPool,
+    start: &RunStart<'_>,
+    outcome: RunOutcome,
+    previous_run_id: Option<i64>,
+) -> anyhow::Result<i64> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO importer.runs
+                (file_path, file_size, sha256, sheet, table_schema, table_name, method, mode,
+                 outcome, previous_run_id, finished_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                 CASE WHEN $9 <> 'running' THEN clock_timestamp() END)
+         RETURNING id",
+    )
+    .bind(&start.file.path)
+    .bind(i64::try_from(start.file.size).context("the file is larger than 2^63 bytes")?)
+    .bind(&start.file.sha256)
+    .bind(start.sheet)
+    .bind(start.table.schema.as_deref())
+    .bind(&start.table.name)
+    .bind(start.method)
+    .bind(start.mode)
+    .bind(outcome.name())
+    .bind(previous_run_id)
+    .fetch_one(pool)
+    .await
+    .with_context(|| format!("cannot record the run in the run ledger {LEDGER_TABLE}"))?;
+    Ok(id)
+}
+
+/// Records how run `run_id` ended: its outcome, its stats (when they were printed) and the
+/// error that stopped it.
+pub async fn finish_run(
+    pool: &PgPool,
+    run_id: i64,
+    outcome: RunOutcome,
+    stats: Option<&ImportStats>,
+    error: Option<&str>,
+) -> anyhow::Result<()> {
+    let stats = stats.map(serde_json::to_string).transpose()?;
+    sqlx::query(
+        "UPDATE importer.runs
+            SET finished_at = clock_timestamp(), outcome = $2, stats = $3::text::jsonb, error = $4
+          WHERE id = $1",
+    )
+    .bind(run_id)
+    .bind(outcome.name())
+    .bind(stats)
+    .bind(error)
+    .execute(pool)
+    .await
+    .with_context(|| {
+        format!("cannot record the end of run {run_id} in the run ledger {LEDGER_TABLE}")
+    })?;
+    Ok(())
+}
+
+/// One run as `importer history` shows it (`--format json`: these field names).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunEntry {
+    pub id: i64,
+    pub file_path: String,
+    pub file_size: i64,
+    pub sha256: String,
+    pub sheet: String,
+    /// Schema-qualified.
+    pub table: String,
+    pub method: String,
+    pub mode: String,
+    /// ISO 8601 with the offset.
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// From start to finish; `None` while running.
+    pub duration_seconds: Option<f64>,
+    pub outcome: String,
+    pub error: Option<String>,
+    /// The ImportStats object, when the run got as far as printing them.
+    pub stats: Option<serde_json::Value>,
+    pub previous_run_id: Option<i64>,
+}
+
+/// The latest `limit` runs, newest first, optionally only those into `table` (schema-
+/// qualified). Without a ledger there are no runs: the ledger is not created here.
+pub async fn list_runs(
+    pool: &PgPool,
+    table: Option<&TableName>,
+    limit: u32,
+) -> anyhow::Result<Vec<RunEntry>> {
+    if !ledger_exists(pool).await? {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "SELECT id, file_path, file_size, sha256, sheet, table_schema, table_name, method, mode,
+                to_json(started_at) #>> '{}' AS started_at,
+                to_json(finished_at) #>> '{}' AS finished_at,
+                extract(epoch FROM finished_at - started_at)::float8 AS duration_seconds,
+                outcome, error, stats::text AS stats, previous_run_id
+           FROM importer.runs
+          WHERE ($1::text IS NULL OR (table_schema = $1 AND table_name = $2))
+          ORDER BY id DESC
+          LIMIT $3",
+    )
+    .bind(table.and_then(|table| table.schema.as_deref()))
+    .bind(table.map(|table| table.name.as_str()))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .with_context(|| format!("cannot read the run ledger {LEDGER_TABLE}"))?;
+    rows.iter()
+        .map(|row| {
+            let id: i64 = row.try_get("id")?;
+            let stats: Option<String> = row.try_get("stats")?;
+            let stats = stats
+                .map(|text| serde_json::from_str(&text))
+                .transpose()
+                .with_context(|| format!("run {id} of {LEDGER_TABLE} holds invalid stats"))?;
+            let table_schema: String = row.try_get("table_schema")?;
+            let table_name: String = row.try_get("table_name")?;
+            Ok(RunEntry {
+                id,
+                file_path: row.try_get("file_path")?,
+                file_size: row.try_get("file_size")?,
+                sha256: row.try_get("sha256")?,
+                sheet: row.try_get("sheet")?,
+                table: format!("{table_schema}.{table_name}"),
+                method: row.try_get("method")?,
+                mode: row.try_get("mode")?,
+                started_at: row.try_get("started_at")?,
+                finished_at: row.try_get("finished_at")?,
+                duration_seconds: row.try_get("duration_seconds")?,
+                outcome: row.try_get("outcome")?,
+                error: row.try_get("error")?,
+                stats,
+                previous_run_id: row.try_get("previous_run_id")?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .with_context(|| format!("cannot read the run ledger {LEDGER_TABLE}"))
+}
