@@ -234,6 +234,16 @@ pub async fn flush_commits(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs one statement whose result is not needed (DDL); `what` names it for the error.
+pub(crate) async fn execute(
+    pool: &PgPool,
+    sql: &str,
+    what: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    sqlx::query(sql).execute(pool).await.with_context(what)?;
+    Ok(())
+}
+
 /// Whether a server error is about the row's data (reject the row) rather than the run.
 pub fn is_row_error(error: &sqlx::Error) -> bool {
     match error {
@@ -329,10 +339,7 @@ pub async fn create_table(
         name.quoted(),
         definitions.join(", ")
     );
-    sqlx::query(&sql)
-        .execute(pool)
-        .await
-        .with_context(|| format!("cannot create table {name}"))?;
+    execute(pool, &sql, || format!("cannot create table {name}")).await?;
     Ok(())
 }
 
@@ -401,20 +408,17 @@ pub async fn create_table_like(
         scratch.quoted(),
         target.quoted()
     );
-    sqlx::query(&sql)
-        .execute(pool)
-        .await
-        .with_context(|| format!("cannot create scratch table {scratch} like {target}"))?;
+    execute(pool, &sql, || {
+        format!("cannot create scratch table {scratch} like {target}")
+    })
+    .await?;
     Ok(())
 }
 
 /// Drops a table if it exists.
 pub async fn drop_table(pool: &PgPool, name: &TableName) -> anyhow::Result<()> {
     let sql = format!("DROP TABLE IF EXISTS {}", name.quoted());
-    sqlx::query(&sql)
-        .execute(pool)
-        .await
-        .with_context(|| format!("cannot drop table {name}"))?;
+    execute(pool, &sql, || format!("cannot drop table {name}")).await?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use sqlx::{Connection, PgPool, Row};
 use tracing::info;
 
 use crate::schema::Column;
-use crate::sink::{TableName, quote_ident};
+use crate::sink::{TableName, execute, quote_ident};
 
 /// A non-unique index of the target, rebuilt on the staging table after the load.
 #[derive(Debug, Clone)]
@@ -44,21 +44,22 @@ pub async fn create_for_replace(
         staging.quoted(),
         target.quoted()
     );
-    sqlx::query(&sql)
-        .execute(pool)
-        .await
-        .with_context(|| format!("cannot create staging table {staging} like {target}"))?;
+    execute(pool, &sql, || {
+        format!("cannot create staging table {staging} like {target}")
+    })
+    .await?;
     for index in secondary_indexes(pool, staging).await? {
         let drop = format!(
             "DROP INDEX {}",
             qualified(staging.schema.as_deref(), &index.name)
         );
-        sqlx::query(&drop).execute(pool).await.with_context(|| {
+        execute(pool, &drop, || {
             format!(
                 "cannot drop index {} of staging table {staging}",
                 index.name
             )
-        })?;
+        })
+        .await?;
     }
     secondary_indexes(pool, target).await
 }
@@ -75,10 +76,10 @@ pub async fn create_for_publish(
         staging.quoted(),
         target.quoted()
     );
-    sqlx::query(&sql)
-        .execute(pool)
-        .await
-        .with_context(|| format!("cannot create staging table {staging} like {target}"))?;
+    execute(pool, &sql, || {
+        format!("cannot create staging table {staging} like {target}")
+    })
+    .await?;
     Ok(())
 }
 
@@ -95,19 +96,20 @@ pub async fn build_indexes(
             staging.quoted(),
             index.definition
         );
-        sqlx::query(&sql).execute(pool).await.with_context(|| {
+        execute(pool, &sql, || {
             format!(
                 "cannot build index {} on staging table {staging}",
                 index.name
             )
-        })?;
+        })
+        .await?;
     }
     // a fresh table has no planner statistics: gather them before readers see it
     let analyze = format!("ANALYZE {}", staging.quoted());
-    sqlx::query(&analyze)
-        .execute(pool)
-        .await
-        .with_context(|| format!("cannot analyze staging table {staging}"))?;
+    execute(pool, &analyze, || {
+        format!("cannot analyze staging table {staging}")
+    })
+    .await?;
     Ok(())
 }
 
@@ -291,10 +293,10 @@ pub async fn publish(
 /// Drops a staging table left by a run that did not publish.
 pub async fn discard(pool: &PgPool, staging: &TableName) -> anyhow::Result<()> {
     let sql = format!("DROP TABLE IF EXISTS {}", staging.quoted());
-    sqlx::query(&sql)
-        .execute(pool)
-        .await
-        .with_context(|| format!("cannot drop staging table {staging}"))?;
+    execute(pool, &sql, || {
+        format!("cannot drop staging table {staging}")
+    })
+    .await?;
     Ok(())
 }
 
