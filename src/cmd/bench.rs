@@ -63,7 +63,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
         for repetition in 1..=args.repeat {
             let table = match (&prepared.existing, &inferred) {
                 (Some(target), _) => {
-                    sink::create_table_like(&prepared.pool, &target.name, &scratch).await?;
+                    sink::create_table_like(
+                        &prepared.pool,
+                        &target.name,
+                        &scratch,
+                        "INCLUDING ALL",
+                    )
+                    .await?;
                     sink::load_table(&prepared.pool, &scratch).await?
                 }
                 (None, Some(types)) => Some(create_table(&prepared, &scratch, types).await?),

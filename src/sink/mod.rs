@@ -397,22 +397,22 @@ pub async fn conflict_clause(
     })
 }
 
-/// Creates `scratch` shaped like `target` (columns, defaults, constraints, indexes).
+/// Creates `copy` shaped like `target`, with what `including` names (`INCLUDING ALL`, ...).
 pub async fn create_table_like(
     pool: &PgPool,
     target: &TableName,
-    scratch: &TableName,
+    copy: &TableName,
+    including: &str,
 ) -> anyhow::Result<()> {
     let sql = format!(
-        "CREATE TABLE {} (LIKE {} INCLUDING ALL)",
-        scratch.quoted(),
+        "CREATE TABLE {} (LIKE {} {including})",
+        copy.quoted(),
         target.quoted()
     );
     execute(pool, &sql, || {
-        format!("cannot create scratch table {scratch} like {target}")
+        format!("cannot create table {copy} like {target}")
     })
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Drops a table if it exists.

@@ -10,7 +10,7 @@ use sqlx::{Connection, PgPool, Row};
 use tracing::info;
 
 use crate::schema::Column;
-use crate::sink::{TableName, execute, quote_ident};
+use crate::sink::{TableName, create_table_like, execute, quote_ident};
 
 /// A non-unique index of the target, rebuilt on the staging table after the load.
 #[derive(Debug, Clone)]
@@ -39,15 +39,7 @@ pub async fn create_for_replace(
     target: &TableName,
     staging: &TableName,
 ) -> anyhow::Result<Vec<SecondaryIndex>> {
-    let sql = format!(
-        "CREATE TABLE {} (LIKE {} INCLUDING ALL)",
-        staging.quoted(),
-        target.quoted()
-    );
-    execute(pool, &sql, || {
-        format!("cannot create staging table {staging} like {target}")
-    })
-    .await?;
+    create_table_like(pool, target, staging, "INCLUDING ALL").await?;
     for index in secondary_indexes(pool, staging).await? {
         let drop = format!(
             "DROP INDEX {}",
@@ -71,16 +63,13 @@ pub async fn create_for_publish(
     target: &TableName,
     staging: &TableName,
 ) -> anyhow::Result<()> {
-    let sql = format!(
-        "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED)",
-        staging.quoted(),
-        target.quoted()
-    );
-    execute(pool, &sql, || {
-        format!("cannot create staging table {staging} like {target}")
-    })
-    .await?;
-    Ok(())
+    create_table_like(
+        pool,
+        target,
+        staging,
+        "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED",
+    )
+    .await
 }
 
 /// Builds the target's secondary indexes on the loaded staging table.
