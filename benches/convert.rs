@@ -34,6 +34,7 @@ fn spec(path: &Path) -> SourceSpec {
         path: path.to_path_buf(),
         sheet: None,
         header_row: 1,
+        csv: importer::source::CsvOptions::default(),
     }
 }
 

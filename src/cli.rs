@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use encoding_rs::Encoding;
 
 /// The server of docker-compose.yml; used when neither --database-url nor DATABASE_URL is set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://importer:importer@localhost:5432/importer";
@@ -126,6 +127,9 @@ pub struct ImportArgs {
     /// Keep retrying a failed first connection, with backoff, for this many seconds
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub connect_timeout: u64,
+
+    #[command(flatten)]
+    pub csv: CsvArgs,
 }
 
 /// What a run does to the rows already in the table.
@@ -287,5 +291,157 @@ fn parse_fraction(text: &str) -> Result<f64, String> {
         Ok(fraction)
     } else {
         Err(format!("must be between 0 and 1, got {fraction}"))
+    }
+}
+
+/// A format to read the input as, whatever its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InputFormat {
+    /// Comma-separated (or --delimiter) text with a header line
+    Csv,
+}
+
+/// How a CSV input is read, after psql's `\copy` and csvkit. Usage errors with a workbook.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "CSV input")]
+pub struct CsvArgs {
+    /// Read FILE as CSV whatever its name (standard input, `-`, always is)
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub input_format: Option<InputFormat>,
+
+    /// Field delimiter: one ASCII character, or `\t` / `tab`; default: sniffed among , ; tab |
+    #[arg(long, value_parser = parse_delimiter, value_name = "CHAR")]
+    pub delimiter: Option<u8>,
+
+    /// Quote character [default: "]
+    #[arg(long, value_parser = parse_quote, value_name = "CHAR")]
+    pub quote: Option<u8>,
+
+    /// The file's encoding: utf-8, windows-1252, latin1, utf-16le, utf-16be, utf-16, ... (a BOM wins) [default: utf-8]
+    #[arg(long, value_parser = parse_encoding, value_name = "LABEL")]
+    pub encoding: Option<&'static Encoding>,
+
+    /// Fields equal to TEXT are NULL (like \copy's NULL); an empty field is NULL anyway
+    #[arg(long, value_name = "TEXT")]
+    pub null_string: Option<String>,
+}
+
+impl CsvArgs {
+    /// The first CSV-only flag given, by its name on the command line.
+    fn first_given(&self) -> Option<&'static str> {
+        [
+            (self.delimiter.is_some(), "--delimiter"),
+            (self.quote.is_some(), "--quote"),
+            (self.encoding.is_some(), "--encoding"),
+            (self.null_string.is_some(), "--null-string"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
+}
+
+impl ImportArgs {
+    /// Whether FILE is read as CSV: a `.csv` name, standard input, or `--input-format csv`.
+    pub fn is_csv_input(&self) -> bool {
+        self.csv.input_format == Some(InputFormat::Csv)
+            || crate::source::is_stdin(&self.file)
+            || self
+                .file
+                .extension()
+                .is_some_and(|extension| extension.eq_ignore_ascii_case("csv"))
+    }
+
+    /// What is wrong with these flags together, that clap cannot tell.
+    fn usage_error(&self) -> Option<String> {
+        if crate::source::is_stdin(&self.file) && self.table.is_none() {
+            return Some(format!(
+                "reading standard input ({}) needs --table: there is no file name to name the table after",
+                self.file.display()
+            ));
+        }
+        if let Some(flag) = self.csv.first_given()
+            && !self.is_csv_input()
+        {
+            return Some(format!(
+                "{flag} applies to CSV input only, and {} is not a .csv file; pass --input-format csv to read it as CSV",
+                self.file.display()
+            ));
+        }
+        let quote = self.csv.quote.unwrap_or(b'"');
+        if self.csv.delimiter == Some(quote) {
+            return Some(format!(
+                "--delimiter and --quote are both {:?}; they must differ",
+                quote as char
+            ));
+        }
+        None
+    }
+}
+
+impl Cli {
+    /// Checks what clap cannot: flags that contradict each other or the input. The error
+    /// exits 2, as clap's own usage errors do.
+    pub fn check_usage(&self) -> Result<(), clap::Error> {
+        let import = match &self.command {
+            Command::Run(args) => &args.import,
+            Command::Bench(args) => &args.import,
+            Command::Generate(_) | Command::History(_) => return Ok(()),
+        };
+        match import.usage_error() {
+            Some(message) => Err(Cli::command().error(clap::error::ErrorKind::ArgumentConflict, message)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `--delimiter`: one ASCII character other than a line end or the quote; `\t` and `tab`
+/// are the tab.
+fn parse_delimiter(text: &str) -> Result<u8, String> {
+    match text {
+        "\\t" | "tab" | "TAB" => Ok(b'\t'),
+        _ => parse_ascii_char(text),
+    }
+}
+
+/// `--quote`: one ASCII character other than a line end.
+fn parse_quote(text: &str) -> Result<u8, String> {
+    parse_ascii_char(text)
+}
+
+fn parse_ascii_char(text: &str) -> Result<u8, String> {
+    match text.as_bytes() {
+        [b'\n' | b'\r'] => Err("a line end cannot be used".to_string()),
+        [byte] if byte.is_ascii() => Ok(*byte),
+        _ => Err(format!("expected one ASCII character, got {text:?}")),
+    }
+}
+
+/// `--encoding`: a WHATWG label (what browsers accept: `latin1` is windows-1252).
+fn parse_encoding(label: &str) -> Result<&'static Encoding, String> {
+    match Encoding::for_label(label.trim().as_bytes()) {
+        Some(encoding) if encoding != encoding_rs::REPLACEMENT => Ok(encoding),
+        _ => Err(format!(
+            "unknown encoding {label:?} (try utf-8, windows-1252, latin1, iso-8859-15, utf-16le, utf-16be or utf-16)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_flag_values_parse_like_copy_options() {
+        assert_eq!(parse_delimiter("\\t"), Ok(b'\t'));
+        assert_eq!(parse_delimiter("tab"), Ok(b'\t'));
+        assert_eq!(parse_delimiter("\t"), Ok(b'\t'));
+        assert_eq!(parse_delimiter(";"), Ok(b';'));
+        assert!(parse_delimiter(";;").is_err());
+        assert!(parse_delimiter("\n").is_err());
+        assert!(parse_quote("é").is_err());
+        assert_eq!(parse_encoding("latin1"), Ok(encoding_rs::WINDOWS_1252));
+        assert_eq!(parse_encoding("UTF-16"), Ok(encoding_rs::UTF_16LE));
+        assert!(parse_encoding("klingon").is_err());
+        assert!(parse_encoding("iso-2022-kr").is_err());
     }
 }

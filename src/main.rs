@@ -15,6 +15,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit 2 (clap)
+    if let Err(error) = cli.check_usage() {
+        error.exit(); // 2, as clap's own
+    }
     init_logging(cli.verbose, cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -74,12 +74,20 @@ pub fn start(
 
 /// Converts every cell of a row for its column (one column per sheet column). A row with a
 /// bad cell is refused as a whole, for its first bad column, and handed back as the row
-/// number, the rejection and the row's cells as text.
+/// number, the rejection and the row's cells as text; so is a row the reader could not
+/// read (its own rejection), so that both are recorded in one place.
 pub fn convert_row(
     columns: &[Column],
     row: SheetRow,
 ) -> Result<ConvertedRow, (u32, Rejection, Vec<String>)> {
-    let SheetRow { row_number, cells } = row;
+    let SheetRow {
+        row_number,
+        cells,
+        rejection,
+    } = row;
+    if let Some(rejection) = rejection {
+        return Err((row_number, rejection, cells.iter().map(cell_text).collect()));
+    }
     let mut values: Vec<Value> = Vec::with_capacity(columns.len());
     let mut originals = Vec::new();
     let mut cells = cells.into_iter();
@@ -125,7 +133,8 @@ fn last_rows_by_key(job: &ImportJob) -> anyhow::Result<HashMap<Vec<String>, u32>
     let mut last_rows = HashMap::new();
     let mut is_header = true;
     read_rows(&job.source, &mut |row| {
-        if std::mem::take(&mut is_header) {
+        if std::mem::take(&mut is_header) || row.rejection.is_some() {
+            // an unreadable row is rejected and never written: it supersedes nothing
             return ControlFlow::Continue(());
         }
         if job.cancel.is_cancelled() {
@@ -210,7 +219,8 @@ fn read_and_convert(
                 cells_beyond_header += 1;
             }
             row.cells.truncate(width);
-            if row.cells.iter().all(|cell| matches!(cell, Data::Empty)) {
+            if row.rejection.is_none() && row.cells.iter().all(|cell| matches!(cell, Data::Empty))
+            {
                 return ControlFlow::Continue(());
             }
         }

@@ -6,9 +6,17 @@
 //! calamine's parses every sheet into a dense grid at open), so memory does not grow with
 //! the row count; .xls is materialised by calamine as a range first. Every format feeds
 //! one `RowAssembler`, so blank rows, the header row and row numbers are handled once. It
-//! knows nothing of tables or types: `pipeline` converts what it yields.
+//! knows nothing of tables or types: `pipeline` converts what it yields. CSV is read by
+//! `csv` (delimiter, quote, encoding, exact line numbers), standard input is spooled by
+//! `stdin`, and `sniff` checks that a workbook's first bytes fit its name.
 
+mod csv;
 mod ods;
+mod sniff;
+mod stdin;
+
+pub use csv::{CsvOptions, INVALID_UTF8, MAX_RECORD_BYTES};
+pub use stdin::{StdinSpool, input_name, is_stdin};
 
 use std::error::Error;
 use std::fs::File;
@@ -19,7 +27,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 use calamine::{Data, DataRef, Range, Reader, Sheets, open_workbook_auto};
 
-use crate::convert::cell_text;
+use crate::convert::{Rejection, cell_text};
 
 /// Widest sheet a row is assembled for: Excel's own limit (XFD), so a stray cell far right
 /// cannot make a row allocate without bound.
@@ -34,6 +42,8 @@ pub struct SourceSpec {
     pub sheet: Option<String>,
     /// 1-based row that holds the column names; rows above it are ignored.
     pub header_row: u32,
+    /// How a CSV file is read (and whether any file is read as CSV).
+    pub csv: CsvOptions,
 }
 
 /// One non-blank row of the sheet.
@@ -43,6 +53,10 @@ pub struct SheetRow {
     pub row_number: u32,
     /// The row's cells from column A on; trailing empty cells may be missing.
     pub cells: Vec<Data>,
+    /// Why the reader could not read the row as it is (a CSV record that is not valid
+    /// UTF-8): the pipeline rejects it with this, showing `cells` as well as they could
+    /// be read. `None` for every readable row.
+    pub rejection: Option<Rejection>,
 }
 
 /// The header row: the first non-blank row at or below `--header-row`.
@@ -79,15 +93,24 @@ pub fn read_header(spec: &SourceSpec) -> anyhow::Result<Header> {
         ControlFlow::Break(())
     })?;
     let Some(row) = first_row else {
+        if csv::is_csv(spec) {
+            return Err(csv::no_header_line(spec));
+        }
         bail!(
             "sheet {sheet_name:?} of {} has no header: nothing at or below row {}",
             spec.path.display(),
             spec.header_row
         );
     };
+    if row.rejection.is_some() {
+        return Err(csv::unreadable_header(spec, &row));
+    }
     let mut cells: Vec<String> = row.cells.iter().map(cell_text).collect();
     while cells.last().is_some_and(|cell| cell.trim().is_empty()) {
         cells.pop();
+    }
+    if csv::is_csv(spec) {
+        csv::check_header(spec, &cells)?;
     }
     Ok(Header {
         sheet_name,
@@ -108,21 +131,24 @@ pub fn read_rows(
     if !path.exists() {
         bail!("file not found: {}", path.display());
     }
+    if path.is_dir() {
+        bail!("{} is a directory; name a spreadsheet or CSV file", path.display());
+    }
     let mut rows = RowAssembler {
         first_row_index: spec.header_row - 1,
         current: None,
         visit,
         stopped: false,
     };
-    if extension(path).as_deref() == Some("csv") {
-        read_csv(path, &mut rows)?;
+    if csv::is_csv(spec) {
+        let sheet_name = csv::read_csv(spec, &mut rows)?;
         rows.flush();
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
         return Ok(SheetSummary {
-            sheet_name: name.into_owned(),
+            sheet_name,
             declared_last_row: None,
         });
     }
+    sniff::check_workbook(path, extension(path).as_deref().unwrap_or_default())?;
     if extension(path).as_deref() == Some("ods") {
         let mut workbook = ods::OdsWorkbook::open(path)?;
         let sheet_name = pick_sheet(&workbook.sheet_names()?, spec.sheet.as_deref(), path)?;
@@ -291,32 +317,6 @@ fn read_range(range: &Range<Data>, rows: &mut RowAssembler<'_>) {
     }
 }
 
-fn read_csv(path: &Path, rows: &mut RowAssembler<'_>) -> anyhow::Result<()> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(BufReader::new(file));
-    let mut record = csv::StringRecord::new();
-    loop {
-        let more = reader
-            .read_record(&mut record)
-            .with_context(|| format!("cannot read {} as UTF-8 CSV", path.display()))?;
-        if !more || rows.stopped {
-            return Ok(());
-        }
-        let line = record.position().map_or(0, |position| position.line());
-        let row_index = u32::try_from(line.saturating_sub(1)).unwrap_or(u32::MAX);
-        for (column, field) in record.iter().enumerate() {
-            if !field.is_empty() {
-                rows.push_owned((row_index, column as u32), Data::String(field.to_string()));
-            }
-        }
-        // a record whose fields are all empty is a blank row and is skipped by flush
-        rows.flush();
-    }
-}
-
 /// Gathers cells that arrive in row-major order into rows, skipping rows above the header
 /// row and blank rows.
 struct RowAssembler<'a> {
@@ -362,6 +362,7 @@ impl RowAssembler<'_> {
         let row = self.current.get_or_insert_with(|| SheetRow {
             row_number,
             cells: Vec::new(),
+            rejection: None,
         });
         let column = column_index as usize;
         if row.cells.len() <= column {
@@ -422,10 +423,12 @@ mod tests {
                 SheetRow {
                     row_number: 2,
                     cells: vec![text("a"), Data::Empty, text("c")],
+                    rejection: None,
                 },
                 SheetRow {
                     row_number: 5,
                     cells: vec![Data::Empty, Data::Float(2.0)],
+                    rejection: None,
                 },
             ]
         );
@@ -466,6 +469,7 @@ mod tests {
                 path: path.clone(),
                 sheet: None,
                 header_row: 1,
+                csv: CsvOptions::default(),
             };
             let message = format!("{:#}", read_header(&spec).unwrap_err());
             let prefix = format!(

@@ -23,6 +23,7 @@ use super::run::Prepared;
 use crate::cli::{OutputFormat, RunArgs};
 use crate::sink::ledger::{self, RunOutcome, RunStart};
 use crate::sink::lock::TableLock;
+use crate::source::{input_name, is_stdin};
 use crate::stats::{ImportStats, print_report};
 
 /// The bookkeeping of one `importer run`.
@@ -69,7 +70,11 @@ impl RunRecord {
         if args.dry_run {
             return Ok(None);
         }
-        let file = ledger::fingerprint(&args.import.file).await?;
+        let mut file = ledger::fingerprint(&prepared.source.path).await?;
+        if is_stdin(&args.import.file) {
+            // the spooled copy's path means nothing once the run is over
+            file.path = args.import.file.display().to_string();
+        }
         let wait = args.wait_lock.map(Duration::from_secs);
         let lock = TableLock::acquire(&prepared.pool, &prepared.table_name, wait).await?;
         let table = lock.table().clone();
@@ -213,8 +218,5 @@ impl RunRecord {
 
 /// The file's name without its directory, as the stats' `file` shows it.
 fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(
-        || path.display().to_string(),
-        |name| name.to_string_lossy().into_owned(),
-    )
+    input_name(path)
 }

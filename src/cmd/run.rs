@@ -23,7 +23,9 @@ use crate::schema::{
     Column, InferredType, TypeInference, default_table_name, fold_header_row, map_header,
 };
 use crate::sink::{self, TableName, TargetTable};
-use crate::source::{Header, SourceSpec, read_header, read_rows};
+use crate::source::{
+    CsvOptions, Header, SourceSpec, StdinSpool, input_name, is_stdin, read_header, read_rows,
+};
 use crate::stats::{ImportStats, RunShape};
 use crate::strategy::{self, RunReport};
 
@@ -43,6 +45,8 @@ pub struct Prepared {
     pub existing: Option<TargetTable>,
     /// Worker connections for concurrent, batch and copy.
     pub workers: usize,
+    /// The copy of standard input that `source` reads, kept until the run ends.
+    pub stdin: Option<StdinSpool>,
 }
 
 /// Runs `importer run`: the import, under its table's run lock and recorded in the run
@@ -218,10 +222,17 @@ pub async fn run_job(
 
 /// Reads the header, connects, and looks the table up. Creates nothing.
 pub async fn prepare(args: &ImportArgs) -> anyhow::Result<Prepared> {
+    let stdin = match is_stdin(&args.file) {
+        true => Some(blocking(StdinSpool::create).await?),
+        false => None,
+    };
     let source = SourceSpec {
-        path: args.file.clone(),
+        path: stdin
+            .as_ref()
+            .map_or_else(|| args.file.clone(), |spool| spool.path().to_path_buf()),
         sheet: args.sheet.clone(),
         header_row: args.header_row,
+        csv: csv_options(args),
     };
     let header = blocking({
         let source = source.clone();
@@ -256,7 +267,21 @@ pub async fn prepare(args: &ImportArgs) -> anyhow::Result<Prepared> {
         table_name,
         existing,
         workers,
+        stdin,
     })
+}
+
+/// The CSV reader's options from the CSV flags (cli has checked they go with CSV input).
+fn csv_options(args: &ImportArgs) -> CsvOptions {
+    let defaults = CsvOptions::default();
+    CsvOptions {
+        forced: args.is_csv_input(),
+        delimiter: args.csv.delimiter,
+        quote: args.csv.quote.unwrap_or(defaults.quote),
+        encoding: args.csv.encoding,
+        null_string: args.csv.null_string.clone(),
+        label: is_stdin(&args.file).then(|| "stdin".to_string()),
+    }
 }
 
 /// Infers one type per header column over every data row of the sheet.
@@ -269,7 +294,8 @@ pub async fn infer_types(prepared: &Prepared) -> anyhow::Result<Vec<InferredType
         read_rows(&source, &mut |row| {
             if is_header {
                 is_header = false;
-            } else {
+            } else if row.rejection.is_none() {
+                // an unreadable row is rejected, so it says nothing of the column types
                 inference.observe_row(&row.cells);
             }
             ControlFlow::Continue(())
@@ -354,10 +380,7 @@ impl RunShape {
         };
         RunShape {
             method,
-            file: file.file_name().map_or_else(
-                || file.display().to_string(),
-                |name| name.to_string_lossy().into_owned(),
-            ),
+            file: input_name(file),
             table: table.to_string(),
             workers: job.workers,
             batch_size,
