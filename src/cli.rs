@@ -303,26 +303,25 @@ pub enum InputFormat {
 
 /// How a CSV input is read, after psql's `\copy` and csvkit. Usage errors with a workbook.
 #[derive(Debug, Clone, Default, Args)]
-#[command(next_help_heading = "CSV input")]
 pub struct CsvArgs {
     /// Read FILE as CSV whatever its name (standard input, `-`, always is)
-    #[arg(long, value_enum, value_name = "FORMAT")]
+    #[arg(long, help_heading = "CSV input", value_enum, value_name = "FORMAT")]
     pub input_format: Option<InputFormat>,
 
     /// Field delimiter: one ASCII character, or `\t` / `tab`; default: sniffed among , ; tab |
-    #[arg(long, value_parser = parse_delimiter, value_name = "CHAR")]
+    #[arg(long, help_heading = "CSV input", value_parser = parse_delimiter, value_name = "CHAR")]
     pub delimiter: Option<u8>,
 
     /// Quote character [default: "]
-    #[arg(long, value_parser = parse_quote, value_name = "CHAR")]
+    #[arg(long, help_heading = "CSV input", value_parser = parse_quote, value_name = "CHAR")]
     pub quote: Option<u8>,
 
     /// The file's encoding: utf-8, windows-1252, latin1, utf-16le, utf-16be, utf-16, ... (a BOM wins) [default: utf-8]
-    #[arg(long, value_parser = parse_encoding, value_name = "LABEL")]
+    #[arg(long, help_heading = "CSV input", value_parser = parse_encoding, value_name = "LABEL")]
     pub encoding: Option<&'static Encoding>,
 
     /// Fields equal to TEXT are NULL (like \copy's NULL); an empty field is NULL anyway
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, help_heading = "CSV input", value_name = "TEXT")]
     pub null_string: Option<String>,
 }
 
@@ -388,7 +387,9 @@ impl Cli {
             Command::Generate(_) | Command::History(_) => return Ok(()),
         };
         match import.usage_error() {
-            Some(message) => Err(Cli::command().error(clap::error::ErrorKind::ArgumentConflict, message)),
+            Some(message) => {
+                Err(Cli::command().error(clap::error::ErrorKind::ArgumentConflict, message))
+            }
             None => Ok(()),
         }
     }

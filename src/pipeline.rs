@@ -219,8 +219,7 @@ fn read_and_convert(
                 cells_beyond_header += 1;
             }
             row.cells.truncate(width);
-            if row.rejection.is_none() && row.cells.iter().all(|cell| matches!(cell, Data::Empty))
-            {
+            if row.rejection.is_none() && row.cells.iter().all(|cell| matches!(cell, Data::Empty)) {
                 return ControlFlow::Continue(());
             }
         }

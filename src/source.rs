@@ -132,7 +132,10 @@ pub fn read_rows(
         bail!("file not found: {}", path.display());
     }
     if path.is_dir() {
-        bail!("{} is a directory; name a spreadsheet or CSV file", path.display());
+        bail!(
+            "{} is a directory; name a spreadsheet or CSV file",
+            path.display()
+        );
     }
     let mut rows = RowAssembler {
         first_row_index: spec.header_row - 1,

@@ -113,9 +113,10 @@ pub(super) fn read_csv(spec: &SourceSpec, rows: &mut RowAssembler<'_>) -> anyhow
         .read_to_end(&mut sample)
         .with_context(|| format!("cannot read {label}"))?;
     let complete = (sample.len() as u64) < SNIFF_BYTES;
-    let delimiter = spec.csv.delimiter.unwrap_or_else(|| {
-        sniff_delimiter(&sample, complete, spec.csv.quote, spec.header_row)
-    });
+    let delimiter = spec
+        .csv
+        .delimiter
+        .unwrap_or_else(|| sniff_delimiter(&sample, complete, spec.csv.quote, spec.header_row));
     let input = BufReader::with_capacity(64 << 10, Cursor::new(sample).chain(input));
     let mut records = RecordReader::new(input, delimiter, spec.csv.quote);
     let null_string = spec.csv.null_string.as_deref();
@@ -242,9 +243,9 @@ fn sniff_delimiter(sample: &[u8], complete: bool, quote: u8, header_row: u32) ->
             if !complete && field_counts.len() > 1 {
                 field_counts.pop();
             }
-            field_counts.first().is_some_and(|&first| {
-                first > 1 && field_counts.iter().all(|&count| count == first)
-            })
+            field_counts
+                .first()
+                .is_some_and(|&first| first > 1 && field_counts.iter().all(|&count| count == first))
         })
         .unwrap_or(b',')
 }
@@ -487,7 +488,8 @@ mod tests {
             let header_row = if index == 6 { 2 } else { 1 };
             let found = sniff_delimiter(sample, true, b'"', header_row);
             assert_eq!(
-                found as char, expected as char,
+                found as char,
+                expected as char,
                 "{:?}",
                 String::from_utf8_lossy(sample)
             );
@@ -525,13 +527,21 @@ mod tests {
                 ..CsvOptions::default()
             };
             let rows = read_text(&utf16, options, 1).unwrap();
-            assert_eq!(numbers_and_texts(&rows)[1], (2, vec!["ä".into(), "1".into()]));
+            assert_eq!(
+                numbers_and_texts(&rows)[1],
+                (2, vec!["ä".into(), "1".into()])
+            );
         }
     }
 
     #[test]
     fn a_header_of_values_is_no_header() {
-        let header = |cells: &[&str]| cells.iter().map(|cell| cell.to_string()).collect::<Vec<_>>();
+        let header = |cells: &[&str]| {
+            cells
+                .iter()
+                .map(|cell| cell.to_string())
+                .collect::<Vec<_>>()
+        };
         let spec = SourceSpec {
             path: "x.csv".into(),
             sheet: None,
@@ -539,7 +549,9 @@ mod tests {
             csv: CsvOptions::default(),
         };
         for values in [&["1", "2.5"][..], &["2024-01-02", "-3", ""], &["12:30"]] {
-            let error = check_header(&spec, &header(values)).unwrap_err().to_string();
+            let error = check_header(&spec, &header(values))
+                .unwrap_err()
+                .to_string();
             assert_eq!(
                 error,
                 "x.csv has no header line: the first line of a CSV file must name the columns"

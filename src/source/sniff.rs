@@ -83,9 +83,15 @@ fn sniff(head: &[u8]) -> Content {
         .unwrap_or(text.len());
     let text = &text[start..];
     let lowercase = text.to_ascii_lowercase();
-    let contains = |needle: &[u8]| lowercase.windows(needle.len()).any(|window| window == needle);
+    let contains = |needle: &[u8]| {
+        lowercase
+            .windows(needle.len())
+            .any(|window| window == needle)
+    };
     if text.starts_with(b"<") {
-        if contains(b"progid=\"excel.sheet\"") || contains(b"urn:schemas-microsoft-com:office:spreadsheet") {
+        if contains(b"progid=\"excel.sheet\"")
+            || contains(b"urn:schemas-microsoft-com:office:spreadsheet")
+        {
             return Content::XmlSpreadsheet;
         }
         if contains(b"<html") || contains(b"<!doctype html") || contains(b"<table") {
@@ -124,9 +130,15 @@ mod tests {
     fn the_first_bytes_tell_the_format() {
         let cases: [(&[u8], Content); 10] = [
             (b"PK\x03\x04rest", Content::Zip),
-            (&[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1, 0], Content::Cfb),
+            (
+                &[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1, 0],
+                Content::Cfb,
+            ),
             (b"  <!DOCTYPE html><html>", Content::Html),
-            (b"<html xmlns:o=\"urn:schemas-microsoft-com:office:office\">", Content::Html),
+            (
+                b"<html xmlns:o=\"urn:schemas-microsoft-com:office:office\">",
+                Content::Html,
+            ),
             (b"<table><tr><td>1</td></tr></table>", Content::Html),
             (
                 b"<?xml version=\"1.0\"?>\n<?mso-application progid=\"Excel.Sheet\"?>",

@@ -40,8 +40,8 @@ pub fn input_name(path: &Path) -> String {
 pub struct StdinSpool {
     /// Where the copy is read from.
     path: PathBuf,
-    /// Keeps the descriptor behind `/proc/self/fd/N` open.
-    _file: File,
+    /// The copy; its descriptor is what `/proc/self/fd/N` names.
+    file: File,
     /// The named file to remove on drop (when it could not be removed at once).
     named: Option<PathBuf>,
 }
@@ -54,7 +54,7 @@ impl StdinSpool {
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         ));
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
@@ -67,19 +67,16 @@ impl StdinSpool {
                 )
             })?;
         let through_descriptor = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        let (path, named) = if through_descriptor.exists() && std::fs::remove_file(&named).is_ok()
-        {
+        let (path, named) = if through_descriptor.exists() && std::fs::remove_file(&named).is_ok() {
             (through_descriptor, None)
         } else {
             (named.clone(), Some(named))
         };
-        let spool = StdinSpool {
-            path,
-            _file: file.try_clone().context("cannot keep the temporary file open")?,
-            named,
-        };
-        std::io::copy(&mut std::io::stdin().lock(), &mut file)
-            .and_then(|_| file.flush())
+        // from here on, dropping the spool (an error below included) cleans up
+        let spool = StdinSpool { path, file, named };
+        let mut writer = &spool.file;
+        std::io::copy(&mut std::io::stdin().lock(), &mut writer)
+            .and_then(|_| writer.flush())
             .context("cannot read standard input")?;
         Ok(spool)
     }

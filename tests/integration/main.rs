@@ -3,6 +3,7 @@
 
 mod cli;
 mod create_table;
+mod csv_input;
 mod formats;
 mod modes;
 mod nightly;
