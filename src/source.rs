@@ -15,7 +15,7 @@ mod ods;
 mod sniff;
 mod stdin;
 
-pub use csv::{CsvOptions, INVALID_UTF8, MAX_RECORD_BYTES};
+pub use csv::CsvOptions;
 pub use stdin::{StdinSpool, input_name, is_stdin};
 
 use std::error::Error;

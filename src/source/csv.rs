@@ -128,11 +128,15 @@ pub(super) fn read_csv(spec: &SourceSpec, rows: &mut RowAssembler<'_>) -> anyhow
             break;
         };
         let row_index = u32::try_from(line - 1).unwrap_or(u32::MAX);
-        match std::str::from_utf8(records.record_bytes()) {
-            Ok(_) => {
-                for (column, field) in records.fields().enumerate().take(MAX_COLUMNS as usize) {
-                    let field = std::str::from_utf8(field)
-                        .expect("fields of a valid UTF-8 record split at ASCII bytes are UTF-8");
+        // each field on its own: two fields can split one character between them
+        let valid = records
+            .fields()
+            .take(MAX_COLUMNS as usize)
+            .map(std::str::from_utf8)
+            .collect::<Result<Vec<&str>, _>>();
+        match valid {
+            Ok(fields) => {
+                for (column, field) in fields.into_iter().enumerate() {
                     if field.is_empty() || null_string == Some(field) {
                         continue;
                     }
@@ -340,11 +344,6 @@ impl<R: BufRead> RecordReader<R> {
         }
     }
 
-    /// The current record's field bytes, back to back.
-    fn record_bytes(&self) -> &[u8] {
-        &self.field_bytes[..self.fields_len]
-    }
-
     /// The current record's fields.
     fn fields(&self) -> impl Iterator<Item = &[u8]> {
         let ends = &self.ends[..self.ends_len];
@@ -463,8 +462,17 @@ mod tests {
 
     #[test]
     fn an_invalid_utf8_record_is_handed_on_with_its_rejection() {
-        let rows = read_text(b"a,b\n1,2\nbad\xff,x\n3,4\n", CsvOptions::default(), 1).unwrap();
-        assert_eq!(rows.len(), 4);
+        let rows = read_text(
+            b"a,b\n1,2\nbad\xff,x\n3,4\n\xc3,\xa9\n",
+            CsvOptions::default(),
+            1,
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 5);
+        assert!(
+            rows[4].rejection.is_some(),
+            "a character split by a delimiter"
+        );
         assert_eq!(rows[2].row_number, 3);
         assert_eq!(texts(&rows[2]), vec!["bad\u{fffd}", "x"]);
         let rejection = rows[2].rejection.as_ref().expect("the record is rejected");
