@@ -15,11 +15,20 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit 2 (clap)
-    init_logging(cli.verbose, cli.log_format);
+    if let Command::Run(args) = &cli.command
+        && let Err(usage) = args.validate()
+    {
+        usage.exit(); // exit 2, before any file, connection or ledger row
+    }
+    let log_format = cli.log_format;
+    init_logging(cli.verbose, log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
-            return fail(&anyhow::Error::new(error).context("cannot start the async runtime"));
+            return fail(
+                &anyhow::Error::new(error).context("cannot start the async runtime"),
+                log_format,
+            );
         }
     };
     let outcome = runtime.block_on(async {
@@ -30,19 +39,72 @@ fn main() -> ExitCode {
             Command::History(args) => cmd::history::run(args).await,
         }
     });
+    // a file reader stopped by a signal may still be inside a read: everything that counts
+    // has been awaited, so the process does not wait for it
+    runtime.shutdown_background();
     match outcome {
         Ok(Outcome::AllIn) => ExitCode::SUCCESS,
         Ok(Outcome::SomeRejected) => ExitCode::from(3),
         Ok(Outcome::Interrupted(signal)) => ExitCode::from(128 + signal.number()),
-        Err(error) => fail(&error),
+        Err(error) => fail(&error, log_format),
     }
 }
 
-/// Prints the one line a fatal error gets on stderr, and exits 1.
+/// Prints the one line a fatal error gets on stderr, and exits 1: `error: ...` for text
+/// logs, or one object shaped like tracing's JSON lines for `--log-format json`. It is
+/// printed whatever `RUST_LOG` says, since it is the run's verdict rather than a log line.
 #[allow(clippy::print_stderr)]
-fn fail(error: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {error:#}");
+fn fail(error: &anyhow::Error, log_format: LogFormat) -> ExitCode {
+    let message = error_line(error);
+    match log_format {
+        LogFormat::Text => eprintln!("error: {message}"),
+        LogFormat::Json => {
+            let line = ErrorLine {
+                timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                level: "ERROR",
+                fields: ErrorFields { message },
+                target: "importer",
+            };
+            match serde_json::to_string(&line) {
+                Ok(json) => eprintln!("{json}"),
+                // a String always serialises; never lose the error, though
+                Err(_) => eprintln!("error: {}", line.fields.message),
+            }
+        }
+    }
     ExitCode::from(1)
+}
+
+/// The fatal error as one JSON line, in the field order of tracing's JSON lines.
+#[derive(serde::Serialize)]
+struct ErrorLine {
+    timestamp: String,
+    level: &'static str,
+    fields: ErrorFields,
+    target: &'static str,
+}
+
+#[derive(serde::Serialize)]
+struct ErrorFields {
+    message: String,
+}
+
+/// The error and its causes on one line, joined by ": " as `{:#}` does, but without a cause
+/// that only repeats the text before it (sqlx wraps a server error in one that quotes it).
+fn error_line(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if parts
+            .last()
+            .is_some_and(|previous| previous.ends_with(&text))
+        {
+            continue;
+        }
+        parts.push(text);
+    }
+    // one line, whatever a message holds (a server's DETAIL, a path with a newline)
+    parts.join(": ").replace(['\n', '\r'], " ")
 }
 
 fn init_logging(verbose: u8, format: LogFormat) {
