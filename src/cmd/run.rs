@@ -58,8 +58,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     record.finish(result).await
 }
 
-/// Runs `phase` unless a signal comes first. Dropping a phase must leave nothing half-done,
-/// so only phases that read, connect, wait or create nothing are run this way.
+/// Runs `phase` unless a signal comes first, in which case `phase` is dropped where it
+/// stands: only phases that read, connect or wait (and create nothing) are run this way.
 pub(crate) async fn unless_signalled<T>(
     signals: &mut SignalListener,
     phase: impl Future<Output = anyhow::Result<T>>,
