@@ -124,3 +124,36 @@ fn init_logging(verbose: u8, format: LogFormat) {
         LogFormat::Json => builder.json().init(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error whose text quotes its source's, as sqlx's database errors do.
+    #[derive(Debug)]
+    struct Quoting(std::io::Error);
+
+    impl std::fmt::Display for Quoting {
+        fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(formatter, "error returned from database: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Quoting {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn the_error_line_joins_causes_once_each_on_one_line() {
+        let quoting = Quoting(std::io::Error::other("duplicate key value"));
+        let error = anyhow::Error::new(quoting).context("publishing failed");
+        assert_eq!(
+            error_line(&error),
+            "publishing failed: error returned from database: duplicate key value"
+        );
+        let multiline = anyhow::anyhow!("first\nsecond").context("outer");
+        assert_eq!(error_line(&multiline), "outer: first second");
+    }
+}
