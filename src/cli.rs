@@ -35,7 +35,7 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write a business-directory workbook for fixtures and benchmarks
     Generate(GenerateArgs),
-    /// List past runs from the run ledger (importer.runs)
+    /// List past runs from the run ledger (importer.runs, or --ledger-schema's runs)
     History(HistoryArgs),
 }
 
@@ -186,7 +186,12 @@ pub struct RunArgs {
     pub mode: Mode,
 
     /// Key columns for --mode upsert (a unique index or primary key must cover exactly them)
-    #[arg(long, value_delimiter = ',', value_name = "COL[,COL]")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "COL[,COL]",
+        required_if_eq("mode", "upsert")
+    )]
     pub key: Vec<String>,
 
     /// All or nothing: load through a staging table and publish in one transaction
@@ -194,16 +199,80 @@ pub struct RunArgs {
     pub atomic: bool,
 
     /// Exit 0 without importing when this file's content was already loaded into this table
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["dry_run", "no_ledger"])]
     pub skip_unchanged: bool,
 
     /// Wait up to SECONDS for another run on the same table to finish (default: fail at once)
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", conflicts_with = "dry_run")]
     pub wait_lock: Option<u64>,
 
     /// Also write the stats JSON to this file
     #[arg(long, value_name = "PATH")]
     pub summary: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+
+    /// Record nothing in the run ledger (the table's run lock is still taken)
+    #[arg(long)]
+    pub no_ledger: bool,
+}
+
+/// Where the run ledger lives, for `run` and `history`.
+#[derive(Debug, Clone, Args)]
+pub struct LedgerArgs {
+    /// Schema of the run ledger table `runs` (created on first use)
+    #[arg(long, env = "IMPORTER_LEDGER_SCHEMA", default_value = DEFAULT_LEDGER_SCHEMA, value_name = "NAME", value_parser = parse_schema_name)]
+    pub ledger_schema: String,
+}
+
+impl RunArgs {
+    /// Refuses flag combinations that clap's attributes cannot express, as usage errors
+    /// (exit 2, clap's format), before anything is opened or connected.
+    pub fn validate(&self) -> Result<(), clap::Error> {
+        if !self.key.is_empty() && self.mode != Mode::Upsert {
+            return Err(run_usage_error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "--key is only used with --mode upsert, not with --mode {}",
+                    self.mode.name()
+                ),
+            ));
+        }
+        if let (Some(summary), Some(rejects)) = (&self.summary, &self.rejects)
+            && std::path::absolute(summary).ok() == std::path::absolute(rejects).ok()
+        {
+            return Err(run_usage_error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "--summary and --rejects name the same file {}; give each its own",
+                    summary.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A usage error of `importer run`, rendered by clap with the subcommand's usage line.
+fn run_usage_error(kind: clap::error::ErrorKind, message: String) -> clap::Error {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    command.build();
+    match command.find_subcommand_mut("run") {
+        Some(run) => run.error(kind, message),
+        None => command.error(kind, message),
+    }
+}
+
+/// The run ledger's schema when neither --ledger-schema nor IMPORTER_LEDGER_SCHEMA is set.
+pub const DEFAULT_LEDGER_SCHEMA: &str = "importer";
+
+fn parse_schema_name(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err("a schema name cannot be empty".to_string())
+    } else {
+        Ok(text.to_string())
+    }
 }
 
 /// `importer history`.
@@ -228,6 +297,9 @@ pub struct HistoryArgs {
     /// Keep retrying a failed first connection, with backoff, for this many seconds
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub connect_timeout: u64,
+
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
 }
 
 /// How `importer bench` prints its comparison.
@@ -382,7 +454,10 @@ impl Cli {
     /// exits 2, as clap's own usage errors do.
     pub fn check_usage(&self) -> Result<(), clap::Error> {
         let import = match &self.command {
-            Command::Run(args) => &args.import,
+            Command::Run(args) => {
+                args.validate()?;
+                &args.import
+            }
             Command::Bench(args) => &args.import,
             Command::Generate(_) | Command::History(_) => return Ok(()),
         };

@@ -16,13 +16,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit 2 (clap)
     if let Err(error) = cli.check_usage() {
-        error.exit(); // 2, as clap's own
+        error.exit(); // 2, as clap's own: before any file, connection or ledger row
     }
-    init_logging(cli.verbose, cli.log_format);
+    let log_format = cli.log_format;
+    init_logging(cli.verbose, log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
-            return fail(&anyhow::Error::new(error).context("cannot start the async runtime"));
+            return fail(
+                &anyhow::Error::new(error).context("cannot start the async runtime"),
+                log_format,
+            );
         }
     };
     let outcome = runtime.block_on(async {
@@ -33,19 +37,72 @@ fn main() -> ExitCode {
             Command::History(args) => cmd::history::run(args).await,
         }
     });
+    // a file reader stopped by a signal may still be inside a read: everything that counts
+    // has been awaited, so the process does not wait for it
+    runtime.shutdown_background();
     match outcome {
         Ok(Outcome::AllIn) => ExitCode::SUCCESS,
         Ok(Outcome::SomeRejected) => ExitCode::from(3),
         Ok(Outcome::Interrupted(signal)) => ExitCode::from(128 + signal.number()),
-        Err(error) => fail(&error),
+        Err(error) => fail(&error, log_format),
     }
 }
 
-/// Prints the one line a fatal error gets on stderr, and exits 1.
+/// Prints the one line a fatal error gets on stderr, and exits 1: `error: ...` for text
+/// logs, or one object shaped like tracing's JSON lines for `--log-format json`. It is
+/// printed whatever `RUST_LOG` says, since it is the run's verdict rather than a log line.
 #[allow(clippy::print_stderr)]
-fn fail(error: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {error:#}");
+fn fail(error: &anyhow::Error, log_format: LogFormat) -> ExitCode {
+    let message = error_line(error);
+    match log_format {
+        LogFormat::Text => eprintln!("error: {message}"),
+        LogFormat::Json => {
+            let line = ErrorLine {
+                timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                level: "ERROR",
+                fields: ErrorFields { message },
+                target: "importer",
+            };
+            match serde_json::to_string(&line) {
+                Ok(json) => eprintln!("{json}"),
+                // a String always serialises; never lose the error, though
+                Err(_) => eprintln!("error: {}", line.fields.message),
+            }
+        }
+    }
     ExitCode::from(1)
+}
+
+/// The fatal error as one JSON line, in the field order of tracing's JSON lines.
+#[derive(serde::Serialize)]
+struct ErrorLine {
+    timestamp: String,
+    level: &'static str,
+    fields: ErrorFields,
+    target: &'static str,
+}
+
+#[derive(serde::Serialize)]
+struct ErrorFields {
+    message: String,
+}
+
+/// The error and its causes on one line, joined by ": " as `{:#}` does, but without a cause
+/// that only repeats the text before it (sqlx wraps a server error in one that quotes it).
+fn error_line(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if parts
+            .last()
+            .is_some_and(|previous| previous.ends_with(&text))
+        {
+            continue;
+        }
+        parts.push(text);
+    }
+    // one line, whatever a message holds (a server's DETAIL, a path with a newline)
+    parts.join(": ").replace(['\n', '\r'], " ")
 }
 
 fn init_logging(verbose: u8, format: LogFormat) {
@@ -63,5 +120,38 @@ fn init_logging(verbose: u8, format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error whose text quotes its source's, as sqlx's database errors do.
+    #[derive(Debug)]
+    struct Quoting(std::io::Error);
+
+    impl std::fmt::Display for Quoting {
+        fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(formatter, "error returned from database: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Quoting {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn the_error_line_joins_causes_once_each_on_one_line() {
+        let quoting = Quoting(std::io::Error::other("duplicate key value"));
+        let error = anyhow::Error::new(quoting).context("publishing failed");
+        assert_eq!(
+            error_line(&error),
+            "publishing failed: error returned from database: duplicate key value"
+        );
+        let multiline = anyhow::anyhow!("first\nsecond").context("outer");
+        assert_eq!(error_line(&multiline), "outer: first second");
     }
 }

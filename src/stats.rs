@@ -50,6 +50,17 @@ pub struct ImportStats {
     pub records_per_second: f64,
     pub workers: usize,
     pub batch_size: usize,
+    /// `--dry-run`: nothing was written; `success_count` counts the rows that would be.
+    /// Absent from the JSON of real runs, whose object is exactly the contract's.
+    #[serde(skip_serializing_if = "is_false")]
+    pub dry_run: bool,
+    /// A dry run into a missing table: the CREATE TABLE statement a real run would execute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub create_table: Option<String>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// How the run was set up, for the stats.
@@ -97,15 +108,33 @@ impl ImportStats {
             records_per_second: round_to(records_per_second, 1),
             workers: shape.workers,
             batch_size: shape.batch_size,
+            dry_run: false,
+            create_table: None,
         })
     }
 
-    /// The human table of `--format text`.
+    /// Marks the stats as those of a dry run, with the CREATE TABLE statement it did not run
+    /// (when the table is missing).
+    pub fn into_dry_run(self, create_table: Option<String>) -> Self {
+        ImportStats {
+            dry_run: true,
+            create_table,
+            ..self
+        }
+    }
+
+    /// The human table of `--format text`; a dry run says what it would have done, with the
+    /// CREATE TABLE statement above the table.
     pub fn render_text(&self) -> String {
+        let inserted = if self.dry_run {
+            "Would insert"
+        } else {
+            "Inserted"
+        };
         let header = [
             "Method",
             "Rows",
-            "Inserted",
+            inserted,
             "Rejected",
             "Time",
             "Records/sec",
@@ -118,7 +147,13 @@ impl ImportStats {
             format!("{:.2}s", self.duration_seconds),
             format!("{:.0}", self.records_per_second),
         ];
-        render_table(&header, &[row.to_vec()])
+        let table = render_table(&header, &[row.to_vec()]);
+        match &self.create_table {
+            Some(statement) => format!(
+                "-- dry run: the table does not exist; a real run would execute\n{statement};\n\n{table}"
+            ),
+            None => table,
+        }
     }
 
     /// Prints the stats on stdout, the one place `run` writes there.
@@ -216,5 +251,35 @@ mod tests {
         assert!(ImportStats::new(&shape, lost, Duration::ZERO, true).is_err());
         let stopped = ImportStats::new(&shape, lost, Duration::ZERO, false).unwrap();
         assert_eq!(stopped.total_records, 2);
+    }
+
+    #[test]
+    fn dry_run_stats_say_so_in_json_and_text_and_real_runs_do_not() {
+        let shape = RunShape {
+            method: Method::Batch,
+            file: "f.csv".into(),
+            table: "t".into(),
+            workers: 1,
+            batch_size: 10,
+        };
+        let tally = Tally {
+            rows_read: 1,
+            success_count: 1,
+            error_count: 0,
+        };
+        let real = ImportStats::new(&shape, tally, Duration::ZERO, true).unwrap();
+        let real_json = serde_json::to_value(&real).unwrap();
+        assert!(real_json.get("dry_run").is_none(), "{real_json}");
+        assert!(real_json.get("create_table").is_none(), "{real_json}");
+        assert!(real.render_text().contains("Inserted"));
+
+        let dry = real.into_dry_run(Some("CREATE TABLE \"t\" (\"a\" text)".into()));
+        let dry_json = serde_json::to_value(&dry).unwrap();
+        assert_eq!(dry_json["dry_run"], true);
+        assert_eq!(dry_json["create_table"], "CREATE TABLE \"t\" (\"a\" text)");
+        let text = dry.render_text();
+        assert!(text.contains("Would insert"), "{text}");
+        assert!(text.starts_with("-- dry run"), "{text}");
+        assert!(text.contains("CREATE TABLE \"t\" (\"a\" text);"), "{text}");
     }
 }

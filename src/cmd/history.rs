@@ -1,12 +1,13 @@
-//! `importer history`: lists past runs from the run ledger (`importer.runs`, see
-//! `sink::ledger`), newest first, as a table like the stats' or as one JSON array. A database
-//! without a ledger has no runs yet: the list is empty, and nothing is created.
+//! `importer history`: lists past runs from the run ledger (`importer.runs`, or the `runs`
+//! of `--ledger-schema`; see `sink::ledger`), newest first, as a table like the stats' or as
+//! one JSON array. A database without a ledger has no runs yet: the list is empty, and
+//! nothing is created.
 
 use std::time::Duration;
 
 use super::Outcome;
 use crate::cli::{HistoryArgs, OutputFormat};
-use crate::sink::ledger::{self, RunEntry};
+use crate::sink::ledger::{self, Ledger, RunEntry};
 use crate::sink::{self, TableName, lock};
 use crate::stats::{print_report, render_table};
 
@@ -22,7 +23,8 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<Outcome> {
         Some(table) => Some(lock::qualify_table(&pool, &TableName::parse(table)?).await?),
         None => None,
     };
-    let runs = ledger::list_runs(&pool, table.as_ref(), args.limit).await?;
+    let ledger = Ledger::new(&args.ledger.ledger_schema);
+    let runs = ledger::list_runs(&pool, &ledger, table.as_ref(), args.limit).await?;
     pool.close().await;
     let report = match args.format {
         OutputFormat::Text => render_runs(&runs),

@@ -45,6 +45,51 @@ impl Signal {
     }
 }
 
+/// Ctrl-C and SIGTERM, listened for from the start of a command to its end. One listener for
+/// the whole run, because a listener only sees the signals that arrive after it was made:
+/// one made per phase would miss a signal between two phases (or let the first one kill the
+/// process the default way, with nothing printed or recorded).
+pub struct SignalListener {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl SignalListener {
+    /// Starts listening. Failing to is fatal: an unattended run that cannot be stopped
+    /// cleanly should not start.
+    pub fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(SignalListener {
+            interrupt: signal(SignalKind::interrupt())
+                .map_err(anyhow::Error::new)
+                .map_err(|error| error.context("cannot listen for Ctrl-C"))?,
+            terminate: signal(SignalKind::terminate())
+                .map_err(anyhow::Error::new)
+                .map_err(|error| error.context("cannot listen for SIGTERM"))?,
+        })
+    }
+
+    /// Waits for the next signal (cancel-safe: dropping the future loses no signal).
+    pub async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.interrupt.recv() => Signal::Interrupt,
+            _ = self.terminate.recv() => Signal::Terminate,
+        }
+    }
+
+    /// A signal that arrived since the last look, without waiting.
+    pub fn pending(&mut self) -> Option<Signal> {
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        if self.interrupt.poll_recv(&mut context).is_ready() {
+            Some(Signal::Interrupt)
+        } else if self.terminate.poll_recv(&mut context).is_ready() {
+            Some(Signal::Terminate)
+        } else {
+            None
+        }
+    }
+}
+
 /// Waits for Ctrl-C or SIGTERM. Failing to install a handler is fatal: an unattended run
 /// that cannot be stopped cleanly should not start.
 pub async fn wait_for_signal() -> anyhow::Result<Signal> {

@@ -1,38 +1,48 @@
-//! What `importer run` keeps beside the import for unattended use (issue 4): the table's run
-//! lock, the run's row in the ledger, `--skip-unchanged`, and the `--summary` file.
+//! What `importer run` keeps beside the import for unattended use: the table's run lock, the
+//! run's row in the ledger, `--skip-unchanged`, and the `--summary` file.
 //!
-//! [`RunRecord::begin`] is called once the table's name is known and before anything is
-//! written: it takes the lock, and either records a skipped run or inserts the run as
-//! `running`. [`RunRecord::keep_stats`] is called where the stats are printed, and
-//! [`RunRecord::finish`] with whatever the import returned, so that every ending after the
-//! start (success, rejected rows, an error, --max-errors, a signal) reaches the ledger. The
-//! lock is released only after that, so a waiting run's `--skip-unchanged` sees the outcome.
-//! `--dry-run` takes no lock and writes no ledger. Orchestration only: the SQL is in
+//! [`check_outputs`] runs first of all: an output path that cannot be written fails the run
+//! before anything is locked, recorded or written. [`RunRecord::begin`] is called once the
+//! table's name is known and before anything is written: it takes the lock, and either
+//! records a skipped run or inserts the run as `running` (or, stopped by a signal while it
+//! waited for the lock, as `cancelled`). [`RunRecord::keep_stats`] is called where the stats
+//! are printed, and [`RunRecord::finish`] with whatever the import returned, so that every
+//! ending after the start (success, rejected rows, an error, --max-errors, a signal) reaches
+//! the ledger. An output that fails after the rows are committed fails the run, but the
+//! ledger keeps the outcome of its rows ([`RunRecord::keep_rows_outcome`]), so that a later
+//! `--skip-unchanged` knows they are in. The lock is released only after that, so a waiting
+//! run's `--skip-unchanged` sees the outcome. `--dry-run` takes no lock and writes no ledger;
+//! `--no-ledger` takes the lock and writes no ledger. Orchestration only: the SQL is in
 //! `sink::lock` and `sink::ledger`.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use serde::Serialize;
 use sqlx::PgPool;
 use tracing::{debug, info, warn};
 
-use super::Outcome;
-use super::run::Prepared;
+use super::run::{Prepared, unless_signalled};
+use super::{Outcome, SignalListener};
 use crate::cli::{OutputFormat, RunArgs};
-use crate::sink::ledger::{self, RunOutcome, RunStart};
-use crate::sink::lock::TableLock;
+use crate::sink::ledger::{self, Ledger, RunOutcome, RunStart};
+use crate::sink::lock::{self, TableLock};
 use crate::source::{input_name, is_stdin};
 use crate::stats::{ImportStats, print_report};
 
 /// The bookkeeping of one `importer run`.
 pub struct RunRecord {
     summary: Option<PathBuf>,
+    /// The run ledger; `None` with `--no-ledger` or `--dry-run`.
+    ledger: Option<Ledger>,
     lock: Option<TableLock>,
     /// The ledger's pool and the run's id, once the run is recorded as running.
     entry: Option<(PgPool, i64)>,
     stats: Option<ImportStats>,
+    /// How the rows ended, when the run fails only after they are committed.
+    rows_outcome: Option<Outcome>,
 }
 
 /// What `--skip-unchanged` prints, on stdout and in `--summary`, instead of the stats.
@@ -51,35 +61,83 @@ struct SkipReport<'a> {
 impl RunRecord {
     /// Nothing held or recorded yet.
     pub fn new(args: &RunArgs) -> Self {
+        let keeps_ledger = !args.no_ledger && !args.dry_run;
         RunRecord {
             summary: args.summary.clone(),
+            ledger: keeps_ledger.then(|| Ledger::new(&args.ledger.ledger_schema)),
             lock: None,
             entry: None,
             stats: None,
+            rows_outcome: None,
         }
     }
 
     /// Takes the table's run lock, then with `--skip-unchanged` returns `Some(AllIn)` when the
     /// file's content was already loaded into the table (recording a skipped run and printing
-    /// the skip report), else records the run as started.
+    /// the skip report), else records the run as started. A signal while the file is hashed
+    /// or the lock awaited returns `Some(Interrupted)`, the run recorded as cancelled when
+    /// its file is known; the caller prints the (empty) stats.
     pub async fn begin(
         &mut self,
         args: &RunArgs,
         prepared: &Prepared,
+        signals: &mut SignalListener,
     ) -> anyhow::Result<Option<Outcome>> {
         if args.dry_run {
             return Ok(None);
         }
-        let mut file = ledger::fingerprint(&prepared.source.path).await?;
+        let Some(ledger) = self.ledger.clone() else {
+            // --no-ledger: the lock still keeps two runs off the same table
+            let wait = args.wait_lock.map(Duration::from_secs);
+            let acquiring = TableLock::acquire(&prepared.pool, &prepared.table_name, wait);
+            return Ok(match unless_signalled(signals, acquiring).await? {
+                ControlFlow::Continue(lock) => {
+                    self.lock = Some(lock);
+                    None
+                }
+                ControlFlow::Break(signal) => Some(Outcome::Interrupted(signal)),
+            });
+        };
+        let fingerprinting = ledger::fingerprint(&prepared.source.path);
+        let mut file = match unless_signalled(signals, fingerprinting).await? {
+            ControlFlow::Continue(file) => file,
+            ControlFlow::Break(signal) => return Ok(Some(Outcome::Interrupted(signal))),
+        };
         if is_stdin(&args.import.file) {
             // the spooled copy's path means nothing once the run is over
             file.path = args.import.file.display().to_string();
         }
         let wait = args.wait_lock.map(Duration::from_secs);
-        let lock = TableLock::acquire(&prepared.pool, &prepared.table_name, wait).await?;
+        let acquiring = TableLock::acquire(&prepared.pool, &prepared.table_name, wait);
+        let lock = match unless_signalled(signals, acquiring).await? {
+            ControlFlow::Continue(lock) => lock,
+            ControlFlow::Break(signal) => {
+                // stopped while queued for the lock: the pool is open, so the run is recorded
+                // as cancelled (it held nothing and wrote nothing)
+                let table = lock::qualify_table(&prepared.pool, &prepared.table_name).await?;
+                ledger::create_ledger(&prepared.pool, &ledger).await?;
+                let start = RunStart {
+                    file: &file,
+                    sheet: &prepared.header.sheet_name,
+                    table: &table,
+                    method: args.method.name(),
+                    mode: args.mode.name(),
+                };
+                let run_id = ledger::insert_run(
+                    &prepared.pool,
+                    &ledger,
+                    &start,
+                    RunOutcome::Cancelled,
+                    None,
+                )
+                .await?;
+                self.entry = Some((prepared.pool.clone(), run_id));
+                return Ok(Some(Outcome::Interrupted(signal)));
+            }
+        };
         let table = lock.table().clone();
         self.lock = Some(lock);
-        ledger::create_ledger(&prepared.pool).await?;
+        ledger::create_ledger(&prepared.pool, &ledger).await?;
         let start = RunStart {
             file: &file,
             sheet: &prepared.header.sheet_name,
@@ -88,12 +146,13 @@ impl RunRecord {
             mode: args.mode.name(),
         };
         let previous = match args.skip_unchanged {
-            true => ledger::previous_load(&prepared.pool, &table, &file.sha256).await?,
+            true => ledger::previous_load(&prepared.pool, &ledger, &table, &file.sha256).await?,
             false => None,
         };
         if let Some(previous) = previous {
             let run_id = ledger::insert_run(
                 &prepared.pool,
+                &ledger,
                 &start,
                 RunOutcome::Skipped,
                 Some(previous.run_id),
@@ -126,7 +185,8 @@ impl RunRecord {
             self.write_summary(json).await?;
             return Ok(Some(Outcome::AllIn));
         }
-        let run_id = ledger::insert_run(&prepared.pool, &start, RunOutcome::Running, None).await?;
+        let run_id =
+            ledger::insert_run(&prepared.pool, &ledger, &start, RunOutcome::Running, None).await?;
         debug!(table = %table, run_id, sha256 = %file.sha256, "run started in the ledger");
         self.entry = Some((prepared.pool.clone(), run_id));
         Ok(None)
@@ -139,23 +199,29 @@ impl RunRecord {
         self.write_summary(serde_json::to_string(stats)?).await
     }
 
+    /// Keeps how the run's rows ended (committed: all in, some rejected, or stopped by a
+    /// signal) for a run that then fails on an output file: the ledger records that outcome
+    /// beside the error, since the rows are in the table whatever the exit code says.
+    pub fn keep_rows_outcome(&mut self, outcome: Outcome) {
+        self.rows_outcome = Some(outcome);
+    }
+
     /// Records how the run ended in the ledger, releases the lock, and returns `result`. A
     /// run that succeeded but cannot be recorded fails: the next `--skip-unchanged` would not
     /// know its content is in.
     pub async fn finish(self, result: anyhow::Result<Outcome>) -> anyhow::Result<Outcome> {
-        let recorded = match &self.entry {
-            Some((pool, run_id)) => {
-                let (outcome, error) = match &result {
-                    Ok(Outcome::AllIn) => (RunOutcome::Succeeded, None),
-                    Ok(Outcome::SomeRejected) => (RunOutcome::RejectedRows, None),
-                    Ok(Outcome::Interrupted(signal)) => (
-                        RunOutcome::Cancelled,
-                        Some(format!("stopped by {}", signal.name())),
-                    ),
-                    Err(error) => (RunOutcome::Failed, Some(format!("{error:#}"))),
+        let recorded = match (&self.entry, &self.ledger) {
+            (Some((pool, run_id)), Some(ledger)) => {
+                let (outcome, error) = match (&result, self.rows_outcome) {
+                    (Ok(outcome), _) => (ledger_outcome(*outcome), signal_note(*outcome)),
+                    (Err(error), Some(rows_outcome)) => {
+                        (ledger_outcome(rows_outcome), Some(format!("{error:#}")))
+                    }
+                    (Err(error), None) => (RunOutcome::Failed, Some(format!("{error:#}"))),
                 };
                 let recorded = ledger::finish_run(
                     pool,
+                    ledger,
                     *run_id,
                     outcome,
                     self.stats.as_ref(),
@@ -171,7 +237,7 @@ impl RunRecord {
                 }
                 recorded
             }
-            None => Ok(()),
+            _ => Ok(()),
         };
         if let Some(lock) = self.lock {
             let table = lock.table().clone();
@@ -201,9 +267,7 @@ impl RunRecord {
         };
         tokio::task::spawn_blocking(move || {
             let cannot_write = || format!("cannot write the summary file {}", path.display());
-            let mut temporary = path.as_os_str().to_owned();
-            temporary.push(format!(".{}.tmp", std::process::id()));
-            let temporary = PathBuf::from(temporary);
+            let temporary = summary_temporary(&path);
             let written = std::fs::write(&temporary, format!("{json}\n"))
                 .and_then(|()| std::fs::rename(&temporary, &path));
             if written.is_err() {
@@ -214,6 +278,73 @@ impl RunRecord {
         .await
         .context("the summary writer panicked")?
     }
+}
+
+/// The ledger's outcome for how a run (or its rows) ended.
+fn ledger_outcome(outcome: Outcome) -> RunOutcome {
+    match outcome {
+        Outcome::AllIn => RunOutcome::Succeeded,
+        Outcome::SomeRejected => RunOutcome::RejectedRows,
+        Outcome::Interrupted(_) => RunOutcome::Cancelled,
+    }
+}
+
+/// The ledger's `error` of a run that ended without one: the signal that stopped it.
+fn signal_note(outcome: Outcome) -> Option<String> {
+    match outcome {
+        Outcome::Interrupted(signal) => Some(format!("stopped by {}", signal.name())),
+        Outcome::AllIn | Outcome::SomeRejected => None,
+    }
+}
+
+/// Checks that every output path can be written, before anything is locked, recorded or
+/// written: a run that would load its rows and then fail on its summary is worse than one
+/// that does not start. `--rejects` must be a file that can be created or written;
+/// `--summary` is written beside its path and renamed into place, so a file is created and
+/// removed there.
+pub fn check_outputs(args: &RunArgs) -> anyhow::Result<()> {
+    if let Some(rejects) = &args.rejects {
+        check_writable_file(rejects)
+            .with_context(|| format!("--rejects {} cannot be written", rejects.display()))?;
+    }
+    if let Some(summary) = &args.summary {
+        check_summary_path(summary)
+            .with_context(|| format!("--summary {} cannot be written", summary.display()))?;
+    }
+    Ok(())
+}
+
+fn check_writable_file(path: &Path) -> anyhow::Result<()> {
+    if path.is_dir() {
+        bail!("it is a directory");
+    }
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?;
+    if !existed {
+        // only a probe: the run creates the file when it starts writing rejects
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
+}
+
+fn check_summary_path(path: &Path) -> anyhow::Result<()> {
+    if path.is_dir() {
+        bail!("it is a directory");
+    }
+    let temporary = summary_temporary(path);
+    std::fs::write(&temporary, b"")?;
+    std::fs::remove_file(&temporary)?;
+    Ok(())
+}
+
+/// Where the summary is written before it is renamed into place.
+fn summary_temporary(path: &Path) -> PathBuf {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    PathBuf::from(temporary)
 }
 
 /// The file's name without its directory, as the stats' `file` shows it.

@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::mode::{self, WritePlan};
-use super::record::RunRecord;
-use super::{Outcome, Signal, wait_for_signal};
+use super::record::{self, RunRecord};
+use super::{Outcome, Signal, SignalListener};
 use crate::cli::{ImportArgs, Method, RunArgs};
 use crate::job::ImportJob;
 use crate::progress::{Progress, RowCounter};
@@ -26,7 +26,7 @@ use crate::sink::{self, TableName, TargetTable};
 use crate::source::{
     CsvOptions, Header, SourceSpec, StdinSpool, input_name, is_stdin, read_header, read_rows,
 };
-use crate::stats::{ImportStats, RunShape};
+use crate::stats::{ImportStats, RunShape, Tally};
 use crate::strategy::{self, RunReport};
 
 /// Everything settled before a run writes: the source, its header, the pool and the table.
@@ -50,48 +50,90 @@ pub struct Prepared {
 }
 
 /// Runs `importer run`: the import, under its table's run lock and recorded in the run
-/// ledger whatever its ending (issue 4, see `cmd::record`).
+/// ledger whatever its ending (see `cmd::record`). Ctrl-C and SIGTERM are listened for from
+/// the first moment, so that a signal in any phase (the header read, the lock wait, type
+/// inference, the import) ends the run with its stats and its ledger row `cancelled`.
 pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
+    let mut signals = SignalListener::install()?;
+    let started = Instant::now();
+    record::check_outputs(&args)?;
     let mut record = RunRecord::new(&args);
-    let result = import(args, &mut record).await;
+    let result = import(&args, &mut record, &mut signals, started).await;
     record.finish(result).await
 }
 
-/// The import itself.
-async fn import(args: RunArgs, record: &mut RunRecord) -> anyhow::Result<Outcome> {
-    let started = Instant::now();
-    let prepared = prepare(&args.import).await?;
-    // issue 4: the run lock, the ledger entry and --skip-unchanged, before anything is written
-    if let Some(skipped) = record.begin(&args, &prepared).await? {
-        return Ok(skipped);
+/// Runs `phase` unless a signal comes first, in which case `phase` is dropped where it
+/// stands: only phases that read, connect or wait (and create nothing) are run this way.
+pub(crate) async fn unless_signalled<T>(
+    signals: &mut SignalListener,
+    phase: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<ControlFlow<Signal, T>> {
+    tokio::select! {
+        result = phase => result.map(ControlFlow::Continue),
+        signal = signals.recv() => Ok(ControlFlow::Break(signal)),
     }
+}
+
+/// The import itself.
+async fn import(
+    args: &RunArgs,
+    record: &mut RunRecord,
+    signals: &mut SignalListener,
+    started: Instant,
+) -> anyhow::Result<Outcome> {
+    let prepared = match unless_signalled(signals, prepare(&args.import)).await? {
+        ControlFlow::Continue(prepared) => prepared,
+        ControlFlow::Break(signal) => {
+            return stopped_before_import(args, record, signal, started).await;
+        }
+    };
+    // the run lock, the ledger entry and --skip-unchanged, before anything is written
+    match record.begin(args, &prepared, signals).await? {
+        Some(Outcome::Interrupted(signal)) => {
+            return stopped_before_import(args, record, signal, started).await;
+        }
+        Some(skipped) => return Ok(skipped),
+        None => {}
+    }
+    let mut create_table_sql = None;
     let table = match &prepared.existing {
         Some(table) => table.clone(),
         None if args.import.no_create => bail!(
             "table {} does not exist; create it first, or drop --no-create to create it from the sheet",
             prepared.table_name
         ),
-        None if args.dry_run => {
-            let column_types = infer_types(&prepared).await?;
-            let columns: Vec<Column> = prepared
-                .folded_names
-                .iter()
-                .zip(&column_types)
-                .map(|(name, inferred)| inferred.column(name))
-                .collect();
-            let described: Vec<String> = columns
-                .iter()
-                .map(|column| format!("{} {}", column.name, column.sql_type))
-                .collect();
-            info!(table = %prepared.table_name, columns = %described.join(", "), "dry run: the table does not exist and would be created");
-            TargetTable {
-                name: prepared.table_name.clone(),
-                columns,
-            }
-        }
         None => {
-            let column_types = infer_types(&prepared).await?;
-            create_table(&prepared, &prepared.table_name, &column_types).await?
+            let inferring = infer_types_until_dropped(&prepared);
+            let column_types = match unless_signalled(signals, inferring).await? {
+                ControlFlow::Continue(column_types) => column_types,
+                ControlFlow::Break(signal) => {
+                    return stopped_before_import(args, record, signal, started).await;
+                }
+            };
+            if let Some(signal) = signals.pending() {
+                return stopped_before_import(args, record, signal, started).await;
+            }
+            if args.dry_run {
+                let columns: Vec<Column> = prepared
+                    .folded_names
+                    .iter()
+                    .zip(&column_types)
+                    .map(|(name, inferred)| inferred.column(name))
+                    .collect();
+                let statement = sink::create_table_sql(
+                    &prepared.table_name,
+                    &prepared.folded_names,
+                    &column_types,
+                );
+                info!(table = %prepared.table_name, statement = %statement, "dry run: the table does not exist and would be created");
+                create_table_sql = Some(statement);
+                TargetTable {
+                    name: prepared.table_name.clone(),
+                    columns,
+                }
+            } else {
+                create_table(&prepared, &prepared.table_name, &column_types).await?
+            }
         }
     };
     let table_name = table.name.clone();
@@ -111,6 +153,9 @@ async fn import(args: RunArgs, record: &mut RunRecord) -> anyhow::Result<Outcome
         Arc::clone(&rejects),
         cancel,
     )?;
+    if let Some(signal) = signals.pending() {
+        return stopped_before_import(args, record, signal, started).await;
+    }
     let plan = match args.dry_run {
         true => WritePlan::Direct,
         false => mode::prepare(&mut job, args.mode, args.atomic, &args.key).await?,
@@ -127,26 +172,36 @@ async fn import(args: RunArgs, record: &mut RunRecord) -> anyhow::Result<Outcome
         "import started"
     );
 
-    let (mut report, signal) = run_job(args.method, job, args.dry_run).await?;
+    let (mut report, signal) =
+        run_job_until_signal(args.method, job, args.dry_run, signals).await?;
     let rejects_written = rejects.finish();
     let limit_passed = rejects.limit_passed();
     let complete = report.error.is_none() && signal.is_none() && !limit_passed;
     let staged_rows = report.tally.success_count;
-    match mode::finish(&plan, &pool, &columns, &table_name, complete).await {
-        Ok(true) => {}
-        Ok(false) => report.tally.success_count = 0,
+    let published = match mode::finish(&plan, &pool, &columns, &table_name, complete).await {
+        Ok(published) => published,
         Err(error) => {
-            report.tally.success_count = 0;
+            let error = describe_publish_error(&pool, error).await;
             report.error.get_or_insert(error);
+            false
         }
+    };
+    if !published {
+        // staged rows that never reached the target are counted as rejected: every row read
+        // is in the stats, and success + error == total still holds
+        report.tally.error_count += report.tally.success_count;
+        report.tally.success_count = 0;
     }
     if !matches!(plan, WritePlan::Direct) && report.tally.success_count == 0 && staged_rows > 0 {
         warn!(table = %table_name, staged_rows, "the staged rows were discarded: the table is as it was before this run");
     }
     let complete = complete && report.error.is_none();
-    let stats = ImportStats::new(&shape, report.tally, started.elapsed(), complete)?;
+    let mut stats = ImportStats::new(&shape, report.tally, started.elapsed(), complete)?;
+    if args.dry_run {
+        stats = stats.into_dry_run(create_table_sql);
+    }
     stats.print(args.format)?;
-    record.keep_stats(&stats).await?; // --summary and the ledger's copy
+    let summary_written = record.keep_stats(&stats).await; // --summary and the ledger's copy
     info!(
         table = %table_name,
         total_records = stats.total_records,
@@ -155,29 +210,94 @@ async fn import(args: RunArgs, record: &mut RunRecord) -> anyhow::Result<Outcome
         duration_seconds = stats.duration_seconds,
         "import finished"
     );
+    let verb = if args.dry_run { "would be" } else { "are" };
     let written = format!(
-        "{} rows are in table {table_name} from this run, {} rejected",
+        "{} rows {verb} in table {table_name} from this run, {} rejected",
         stats.success_count, stats.error_count
     );
+    let outputs_written = rejects_written.and(summary_written);
     if let Some(error) = report.error {
+        warn_unwritten(&outputs_written);
         return Err(error.context(format!("import stopped early; {written}")));
     }
-    rejects_written?;
-    if let Some(signal) = signal {
-        warn!(signal = signal.name(), "import interrupted; {written}");
-        return Ok(Outcome::Interrupted(signal));
-    }
     if limit_passed {
+        warn_unwritten(&outputs_written);
         let max_errors = args.max_errors.unwrap_or_default();
         bail!(
             "stopped: more than {max_errors} rows rejected (--max-errors {max_errors}); {written}"
         );
     }
-    Ok(if stats.error_count > 0 {
-        Outcome::SomeRejected
-    } else {
-        Outcome::AllIn
-    })
+    let outcome = match signal {
+        Some(signal) => {
+            warn!(signal = signal.name(), "import interrupted; {written}");
+            Outcome::Interrupted(signal)
+        }
+        None if stats.error_count > 0 => Outcome::SomeRejected,
+        None => Outcome::AllIn,
+    };
+    if let Err(error) = outputs_written {
+        // the rows are committed: the ledger keeps their outcome, and the error says so
+        record.keep_rows_outcome(outcome);
+        return Err(error.context(format!(
+            "{written} (recorded as {} in the run ledger), but an output file failed",
+            ledger_outcome_name(outcome)
+        )));
+    }
+    Ok(outcome)
+}
+
+/// Ends a run stopped by a signal before its first row was read: the stats (zero rows) are
+/// printed and kept like those of any run, and the run is `Interrupted`.
+async fn stopped_before_import(
+    args: &RunArgs,
+    record: &mut RunRecord,
+    signal: Signal,
+    started: Instant,
+) -> anyhow::Result<Outcome> {
+    warn!(
+        signal = signal.name(),
+        "stopped before the import started; nothing was written"
+    );
+    let shape = RunShape::planned(args);
+    let mut stats = ImportStats::new(&shape, Tally::default(), started.elapsed(), true)?;
+    if args.dry_run {
+        stats = stats.into_dry_run(None);
+    }
+    stats.print(args.format)?;
+    let summary_written = record.keep_stats(&stats).await;
+    if let Err(error) = summary_written {
+        record.keep_rows_outcome(Outcome::Interrupted(signal));
+        return Err(error.context(format!(
+            "stopped by {} before the import started, nothing was written",
+            signal.name()
+        )));
+    }
+    Ok(Outcome::Interrupted(signal))
+}
+
+/// Logs an output file that failed when a worse error is the one reported.
+fn warn_unwritten(outputs_written: &anyhow::Result<()>) {
+    if let Err(error) = outputs_written {
+        warn!(error = %format!("{error:#}"), "an output file could not be written");
+    }
+}
+
+/// The ledger's name of an outcome, for messages.
+fn ledger_outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::AllIn => "succeeded",
+        Outcome::SomeRejected => "rejected_rows",
+        Outcome::Interrupted(_) => "cancelled",
+    }
+}
+
+/// Rewords a failed publish: the server's message once, with the constraint's key columns
+/// (never the key values of its DETAIL, which are cell values).
+async fn describe_publish_error(pool: &PgPool, error: anyhow::Error) -> anyhow::Error {
+    match sink::violation::describe(pool, &error).await {
+        Some(violation) => anyhow::anyhow!("{error}: {violation}"),
+        None => error,
+    }
 }
 
 /// Runs a job to its end (with `dry_run`, converting only). A first Ctrl-C or SIGTERM cancels it: the reader stops, rows
@@ -186,6 +306,18 @@ pub async fn run_job(
     method: Method,
     job: ImportJob,
     dry_run: bool,
+) -> anyhow::Result<(RunReport, Option<Signal>)> {
+    let mut signals = SignalListener::install()?;
+    run_job_until_signal(method, job, dry_run, &mut signals).await
+}
+
+/// [`run_job`] with the listener of the whole run, so that a signal that came just before
+/// the job stops it too.
+async fn run_job_until_signal(
+    method: Method,
+    job: ImportJob,
+    dry_run: bool,
+    signals: &mut SignalListener,
 ) -> anyhow::Result<(RunReport, Option<Signal>)> {
     let cancel = job.cancel.clone();
     let job = Arc::new(job);
@@ -210,8 +342,7 @@ pub async fn run_job(
                 return Ok((report, signal));
             }
             _ = ticks.tick() => progress.update(job.progress.get()),
-            received = wait_for_signal(), if signal.is_none() => {
-                let received = received?;
+            received = signals.recv(), if signal.is_none() => {
                 warn!(signal = received.name(), "stopping: no more rows are read; rows already read are finished");
                 signal = Some(received);
                 cancel.cancel();
@@ -286,12 +417,31 @@ fn csv_options(args: &ImportArgs) -> CsvOptions {
 
 /// Infers one type per header column over every data row of the sheet.
 pub async fn infer_types(prepared: &Prepared) -> anyhow::Result<Vec<InferredType>> {
+    infer_types_until(prepared, CancellationToken::new()).await
+}
+
+/// [`infer_types`] that stops reading once the future is dropped (a signal came first), so
+/// that a large sheet is not read to its end for nothing.
+async fn infer_types_until_dropped(prepared: &Prepared) -> anyhow::Result<Vec<InferredType>> {
+    let stop = CancellationToken::new();
+    let _stop_when_dropped = stop.clone().drop_guard();
+    infer_types_until(prepared, stop).await
+}
+
+async fn infer_types_until(
+    prepared: &Prepared,
+    stop: CancellationToken,
+) -> anyhow::Result<Vec<InferredType>> {
     let source = prepared.source.clone();
     let width = prepared.header.cells.len();
+    info!(table = %prepared.table_name, "the table does not exist: inferring its column types over every row");
     blocking(move || {
         let mut inference = TypeInference::new(width);
         let mut is_header = true;
         read_rows(&source, &mut |row| {
+            if stop.is_cancelled() {
+                return ControlFlow::Break(());
+            }
             if is_header {
                 is_header = false;
             } else if row.rejection.is_none() {
@@ -371,6 +521,37 @@ fn available_cores() -> usize {
 }
 
 impl RunShape {
+    /// The shape a run's flags give, before its job is built (for the stats of a run stopped
+    /// before it started).
+    pub fn planned(args: &RunArgs) -> Self {
+        let workers = match args.method {
+            Method::Sequential => 1,
+            Method::Concurrent | Method::Batch | Method::Copy => args
+                .import
+                .workers
+                .map_or_else(available_cores, usize::from),
+        };
+        let batch_size = match args.method {
+            Method::Sequential | Method::Concurrent => 1,
+            Method::Batch | Method::Copy => args.import.batch_size as usize,
+        };
+        let file = &args.import.file;
+        RunShape {
+            method: args.method,
+            file: file.file_name().map_or_else(
+                || file.display().to_string(),
+                |name| name.to_string_lossy().into_owned(),
+            ),
+            table: args
+                .import
+                .table
+                .clone()
+                .unwrap_or_else(|| default_table_name(file)),
+            workers,
+            batch_size,
+        }
+    }
+
     /// The stats' description of a run: file name, table, effective workers and batch size.
     pub fn new(method: Method, file: &Path, table: &TableName, job: &ImportJob) -> Self {
         let batch_size = match method {

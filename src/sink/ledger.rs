@@ -1,4 +1,4 @@
-//! The run ledger (issue 4): the table `importer.runs`, one row per `importer run` that got
+//! The run ledger: the table `runs` of the schema `importer` (or `--ledger-schema`), one row per `importer run` that got
 //! as far as holding its table's lock. The row is inserted as `running` when the import starts
 //! and updated with its outcome, stats and error when it ends, so that `--skip-unchanged` can
 //! tell whether a file's content is already in a table, and `importer history` can list runs.
@@ -18,18 +18,50 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
 use tracing::info;
 
-use super::TableName;
 use super::lock::advisory_key;
+use super::{TableName, quote_ident};
 use crate::stats::ImportStats;
 
-/// The ledger's name, for messages.
-pub const LEDGER_TABLE: &str = "importer.runs";
+/// The ledger's table, in the schema the user picks (`--ledger-schema`).
+const LEDGER_TABLE_NAME: &str = "runs";
 
-/// The ledger's schema and table. Outcomes are not constrained by a CHECK so that a later
-/// version can add one without a migration; [`RunOutcome`] lists them.
-const CREATE_LEDGER: &str = "
-CREATE SCHEMA IF NOT EXISTS importer;
-CREATE TABLE IF NOT EXISTS importer.runs (
+/// Where the run ledger lives: the table `runs` of a schema (`importer` unless
+/// `--ledger-schema` or `IMPORTER_LEDGER_SCHEMA` says otherwise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ledger {
+    schema: String,
+}
+
+impl Ledger {
+    /// The ledger in `schema`.
+    pub fn new(schema: impl Into<String>) -> Self {
+        Ledger {
+            schema: schema.into(),
+        }
+    }
+
+    /// The ledger's table, schema-qualified.
+    pub fn table(&self) -> TableName {
+        TableName {
+            schema: Some(self.schema.clone()),
+            name: LEDGER_TABLE_NAME.to_string(),
+        }
+    }
+
+    /// The quoted, qualified name for SQL.
+    fn quoted(&self) -> String {
+        self.table().quoted()
+    }
+
+    /// The ledger's schema and table. Outcomes are not constrained by a CHECK so that a later
+    /// version can add one without a migration; [`RunOutcome`] lists them.
+    fn create_sql(&self) -> String {
+        let schema = quote_ident(&self.schema);
+        let table = self.quoted();
+        format!(
+            "
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {table} (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     file_path       text NOT NULL,
     file_size       bigint NOT NULL,
@@ -47,12 +79,21 @@ CREATE TABLE IF NOT EXISTS importer.runs (
     previous_run_id bigint
 );
 CREATE INDEX IF NOT EXISTS runs_table_sha256_idx
-    ON importer.runs (table_schema, table_name, sha256);
-COMMENT ON TABLE importer.runs IS
+    ON {table} (table_schema, table_name, sha256);
+COMMENT ON TABLE {table} IS
     'importer run ledger: one row per run (outcome running, succeeded, rejected_rows, failed, cancelled or skipped)';
-COMMENT ON COLUMN importer.runs.stats IS 'the run''s ImportStats, as --format json prints them';
-COMMENT ON COLUMN importer.runs.previous_run_id IS 'skipped runs: the run that loaded the same content';
-";
+COMMENT ON COLUMN {table}.stats IS 'the run''s ImportStats, as --format json prints them';
+COMMENT ON COLUMN {table}.previous_run_id IS 'skipped runs: the run that loaded the same content';
+"
+        )
+    }
+}
+
+impl std::fmt::Display for Ledger {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}", self.table())
+    }
+}
 
 /// Bytes read at a time while hashing.
 const HASH_BUFFER_BYTES: usize = 1 << 16;
@@ -155,39 +196,44 @@ pub struct PreviousLoad {
 }
 
 /// Whether the ledger exists (without creating it).
-pub async fn ledger_exists(pool: &PgPool) -> anyhow::Result<bool> {
+pub async fn ledger_exists(pool: &PgPool, ledger: &Ledger) -> anyhow::Result<bool> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(LEDGER_TABLE)
+        .bind(ledger.quoted())
         .fetch_one(pool)
         .await
-        .with_context(|| format!("cannot look up the run ledger {LEDGER_TABLE}"))?;
+        .with_context(|| format!("cannot look up the run ledger {ledger}"))?;
     Ok(exists)
 }
 
 /// Creates the ledger unless it exists. Two first runs at once are safe: creation is
 /// serialised by a transaction-scoped advisory lock, and the second finds the table.
-pub async fn create_ledger(pool: &PgPool) -> anyhow::Result<()> {
+pub async fn create_ledger(pool: &PgPool, ledger: &Ledger) -> anyhow::Result<()> {
     // an existing ledger needs no CREATE privilege on the database
-    if ledger_exists(pool).await? {
+    if ledger_exists(pool, ledger).await? {
         return Ok(());
     }
     let cannot_create = || {
         format!(
-            "cannot create the run ledger {LEDGER_TABLE}; a user with CREATE on the database can create it by running importer once"
+            "cannot create the run ledger {ledger}; a user with CREATE on the database can create it by running importer once"
         )
     };
     let mut transaction = pool.begin().await.with_context(cannot_create)?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(advisory_key("importer ledger"))
+        // per schema: ledgers in two schemas are created independently
+        .bind(advisory_key(&format!(
+            "importer ledger {}",
+            quote_ident(&ledger.schema)
+        )))
         .execute(&mut *transaction)
         .await
         .with_context(cannot_create)?;
-    sqlx::raw_sql(CREATE_LEDGER)
+    let create_sql = ledger.create_sql();
+    sqlx::raw_sql(&create_sql)
         .execute(&mut *transaction)
         .await
         .with_context(cannot_create)?;
     transaction.commit().await.with_context(cannot_create)?;
-    info!(ledger = LEDGER_TABLE, "run ledger ready");
+    info!(ledger = %ledger, "run ledger ready");
     Ok(())
 }
 
@@ -195,23 +241,26 @@ pub async fn create_ledger(pool: &PgPool) -> anyhow::Result<()> {
 /// rejected_rows).
 pub async fn previous_load(
     pool: &PgPool,
+    ledger: &Ledger,
     table: &TableName,
     sha256: &str,
 ) -> anyhow::Result<Option<PreviousLoad>> {
-    let previous: Option<(i64, String)> = sqlx::query_as(
+    let sql = format!(
         "SELECT id, to_char(coalesce(finished_at, started_at), 'YYYY-MM-DD HH24:MI:SS TZ')
-           FROM importer.runs
+           FROM {}
           WHERE table_schema = $1 AND table_name = $2 AND sha256 = $3
             AND outcome IN ('succeeded', 'rejected_rows')
           ORDER BY id DESC
           LIMIT 1",
-    )
-    .bind(table.schema.as_deref())
-    .bind(&table.name)
-    .bind(sha256)
-    .fetch_optional(pool)
-    .await
-    .with_context(|| format!("cannot read the run ledger {LEDGER_TABLE} for table {table}"))?;
+        ledger.quoted()
+    );
+    let previous: Option<(i64, String)> = sqlx::query_as(&sql)
+        .bind(table.schema.as_deref())
+        .bind(&table.name)
+        .bind(sha256)
+        .fetch_optional(pool)
+        .await
+        .with_context(|| format!("cannot read the run ledger {ledger} for table {table}"))?;
     Ok(previous.map(|(run_id, finished_at)| PreviousLoad {
         run_id,
         finished_at,
@@ -222,31 +271,34 @@ pub async fn previous_load(
 /// reached (`Skipped`, with the run that loaded the content), which also sets `finished_at`.
 pub async fn insert_run(
     pool: &PgPool,
+    ledger: &Ledger,
     start: &RunStart<'_>,
     outcome: RunOutcome,
     previous_run_id: Option<i64>,
 ) -> anyhow::Result<i64> {
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO importer.runs
+    let sql = format!(
+        "INSERT INTO {}
                 (file_path, file_size, sha256, sheet, table_schema, table_name, method, mode,
                  outcome, previous_run_id, finished_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
                  CASE WHEN $9 <> 'running' THEN clock_timestamp() END)
          RETURNING id",
-    )
-    .bind(&start.file.path)
-    .bind(i64::try_from(start.file.size).context("the file is larger than 2^63 bytes")?)
-    .bind(&start.file.sha256)
-    .bind(start.sheet)
-    .bind(start.table.schema.as_deref())
-    .bind(&start.table.name)
-    .bind(start.method)
-    .bind(start.mode)
-    .bind(outcome.name())
-    .bind(previous_run_id)
-    .fetch_one(pool)
-    .await
-    .with_context(|| format!("cannot record the run in the run ledger {LEDGER_TABLE}"))?;
+        ledger.quoted()
+    );
+    let id: i64 = sqlx::query_scalar(&sql)
+        .bind(&start.file.path)
+        .bind(i64::try_from(start.file.size).context("the file is larger than 2^63 bytes")?)
+        .bind(&start.file.sha256)
+        .bind(start.sheet)
+        .bind(start.table.schema.as_deref())
+        .bind(&start.table.name)
+        .bind(start.method)
+        .bind(start.mode)
+        .bind(outcome.name())
+        .bind(previous_run_id)
+        .fetch_one(pool)
+        .await
+        .with_context(|| format!("cannot record the run in the run ledger {ledger}"))?;
     Ok(id)
 }
 
@@ -254,26 +306,29 @@ pub async fn insert_run(
 /// error that stopped it.
 pub async fn finish_run(
     pool: &PgPool,
+    ledger: &Ledger,
     run_id: i64,
     outcome: RunOutcome,
     stats: Option<&ImportStats>,
     error: Option<&str>,
 ) -> anyhow::Result<()> {
     let stats = stats.map(serde_json::to_string).transpose()?;
-    sqlx::query(
-        "UPDATE importer.runs
+    let sql = format!(
+        "UPDATE {}
             SET finished_at = clock_timestamp(), outcome = $2, stats = $3::text::jsonb, error = $4
           WHERE id = $1",
-    )
-    .bind(run_id)
-    .bind(outcome.name())
-    .bind(stats)
-    .bind(error)
-    .execute(pool)
-    .await
-    .with_context(|| {
-        format!("cannot record the end of run {run_id} in the run ledger {LEDGER_TABLE}")
-    })?;
+        ledger.quoted()
+    );
+    sqlx::query(&sql)
+        .bind(run_id)
+        .bind(outcome.name())
+        .bind(stats)
+        .bind(error)
+        .execute(pool)
+        .await
+        .with_context(|| {
+            format!("cannot record the end of run {run_id} in the run ledger {ledger}")
+        })?;
     Ok(())
 }
 
@@ -305,29 +360,32 @@ pub struct RunEntry {
 /// qualified). Without a ledger there are no runs: the ledger is not created here.
 pub async fn list_runs(
     pool: &PgPool,
+    ledger: &Ledger,
     table: Option<&TableName>,
     limit: u32,
 ) -> anyhow::Result<Vec<RunEntry>> {
-    if !ledger_exists(pool).await? {
+    if !ledger_exists(pool, ledger).await? {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(
+    let sql = format!(
         "SELECT id, file_path, file_size, sha256, sheet, table_schema, table_name, method, mode,
-                to_json(started_at) #>> '{}' AS started_at,
-                to_json(finished_at) #>> '{}' AS finished_at,
+                to_json(started_at) #>> '{{}}' AS started_at,
+                to_json(finished_at) #>> '{{}}' AS finished_at,
                 extract(epoch FROM finished_at - started_at)::float8 AS duration_seconds,
                 outcome, error, stats::text AS stats, previous_run_id
-           FROM importer.runs
+           FROM {}
           WHERE ($1::text IS NULL OR (table_schema = $1 AND table_name = $2))
           ORDER BY id DESC
           LIMIT $3",
-    )
-    .bind(table.and_then(|table| table.schema.as_deref()))
-    .bind(table.map(|table| table.name.as_str()))
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await
-    .with_context(|| format!("cannot read the run ledger {LEDGER_TABLE}"))?;
+        ledger.quoted()
+    );
+    let rows = sqlx::query(&sql)
+        .bind(table.and_then(|table| table.schema.as_deref()))
+        .bind(table.map(|table| table.name.as_str()))
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .with_context(|| format!("cannot read the run ledger {ledger}"))?;
     rows.iter()
         .map(|row| {
             let id: i64 = row.try_get("id")?;
@@ -335,7 +393,7 @@ pub async fn list_runs(
             let stats = stats
                 .map(|text| serde_json::from_str(&text))
                 .transpose()
-                .with_context(|| format!("run {id} of {LEDGER_TABLE} holds invalid stats"))?;
+                .with_context(|| format!("run {id} of {ledger} holds invalid stats"))?;
             let table_schema: String = row.try_get("table_schema")?;
             let table_name: String = row.try_get("table_name")?;
             Ok(RunEntry {
@@ -357,5 +415,5 @@ pub async fn list_runs(
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()
-        .with_context(|| format!("cannot read the run ledger {LEDGER_TABLE}"))
+        .with_context(|| format!("cannot read the run ledger {ledger}"))
 }

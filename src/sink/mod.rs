@@ -9,6 +9,7 @@ pub mod insert;
 pub mod ledger;
 pub mod lock;
 pub mod staging;
+pub mod violation;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -329,18 +330,27 @@ pub async fn create_table(
     column_names: &[String],
     column_types: &[InferredType],
 ) -> anyhow::Result<()> {
+    let sql = create_table_sql(name, column_names, column_types);
+    execute(pool, &sql, || format!("cannot create table {name}")).await?;
+    Ok(())
+}
+
+/// The statement [`create_table`] executes (a dry run prints it instead).
+pub fn create_table_sql(
+    name: &TableName,
+    column_names: &[String],
+    column_types: &[InferredType],
+) -> String {
     let definitions: Vec<String> = column_names
         .iter()
         .zip(column_types)
         .map(|(column, inferred)| format!("{} {}", quote_ident(column), inferred.sql_type()))
         .collect();
-    let sql = format!(
+    format!(
         "CREATE TABLE IF NOT EXISTS {} ({})",
         name.quoted(),
         definitions.join(", ")
-    );
-    execute(pool, &sql, || format!("cannot create table {name}")).await?;
-    Ok(())
+    )
 }
 
 /// Upsert's `ON CONFLICT` clause for the key columns of `columns` (the sheet's columns):

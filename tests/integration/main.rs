@@ -5,6 +5,7 @@ mod cli;
 mod create_table;
 mod csv_input;
 mod formats;
+mod lifecycle;
 mod modes;
 mod nightly;
 mod rejects;

@@ -231,7 +231,7 @@ fn upsert_needs_a_key_with_a_unique_index() {
     let db = TestDb::new();
     db.execute(PEOPLE);
     let without_key = db.importer(&["run", "--mode", "upsert", "-t", "people", &file]);
-    assert_eq!(without_key.code, 1, "{without_key:?}");
+    assert_eq!(without_key.code, 2, "{without_key:?}");
     assert!(
         without_key.stderr.contains("--key"),
         "{}",
