@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// The server of docker-compose.yml; used when neither --database-url nor DATABASE_URL is set.
+/// The server of docker-compose.yml; used when neither --database-url, DATABASE_URL nor any
+/// `PG*` variable (PGHOST, PGUSER, ...) is set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://importer:importer@localhost:5432/importer";
 
 /// Load spreadsheets (xlsx, xlsm, xlsb, xls, ods, csv) into PostgreSQL.
@@ -115,9 +116,10 @@ pub struct ImportArgs {
     #[arg(short, long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
 
-    /// PostgreSQL URL; else env DATABASE_URL, else the docker-compose.yml server
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL, hide_default_value = true)]
-    pub database_url: String,
+    /// PostgreSQL URL or libpq keyword string; else env DATABASE_URL, else the PG* variables,
+    /// else the docker-compose.yml server
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: Option<String>,
 
     /// Fail if the table does not exist (default: create it from the sheet)
     #[arg(long)]
@@ -217,9 +219,10 @@ pub struct HistoryArgs {
     #[arg(long, default_value_t = 20)]
     pub limit: u32,
 
-    /// PostgreSQL URL; else env DATABASE_URL, else the docker-compose.yml server
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL, hide_default_value = true)]
-    pub database_url: String,
+    /// PostgreSQL URL or libpq keyword string; else env DATABASE_URL, else the PG* variables,
+    /// else the docker-compose.yml server
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: Option<String>,
 
     /// Keep retrying a failed first connection, with backoff, for this many seconds
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]

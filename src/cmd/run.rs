@@ -246,7 +246,7 @@ pub async fn prepare(args: &ImportArgs) -> anyhow::Result<Prepared> {
     };
     let workers = args.workers.map_or_else(available_cores, usize::from);
     let connect_timeout = std::time::Duration::from_secs(args.connect_timeout);
-    let pool = sink::connect(&args.database_url, workers as u32 + 1, connect_timeout).await?;
+    let pool = sink::connect(args.database_url.as_deref(), workers as u32 + 1, connect_timeout).await?;
     let existing = sink::load_table(&pool, &table_name).await?;
     Ok(Prepared {
         source,

@@ -3,6 +3,7 @@
 
 mod cli;
 mod create_table;
+mod database;
 mod formats;
 mod modes;
 mod nightly;

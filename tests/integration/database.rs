@@ -1,0 +1,248 @@
+//! The database side of a run: how `importer` connects (URL, libpq keyword string, PG*
+//! variables, sslmode, the hint when the server is down), the run lock's documented key,
+//! identifier limits, header mapping precedence, and `--mode replace` with foreign keys,
+//! index builds and `--swap-timeout`.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use importer::sink::lock::table_lock_key;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
+use tokio::runtime::Runtime;
+
+use crate::util::{
+    TempDir, TestDb, fatal_error_line, importer_command, run_importer, run_importer_with_env,
+};
+
+/// Writes `text` as a CSV file in `dir` and returns its path as a string.
+fn csv(dir: &TempDir, name: &str, text: &str) -> String {
+    let path = dir.path(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// The parts of the test database's URL, for PG* variables and keyword strings.
+struct Parts {
+    host: String,
+    port: String,
+    user: String,
+    database: String,
+    password: Option<String>,
+}
+
+fn parts(db: &TestDb) -> Parts {
+    let options = PgConnectOptions::from_str(&db.url).expect("the test URL parses");
+    // the URL's own password, not one sqlx may have found in the environment
+    let password = db
+        .url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(credentials, _)| credentials.split_once(':'))
+        .map(|(_, password)| password.to_string());
+    Parts {
+        host: options.get_host().to_string(),
+        port: options.get_port().to_string(),
+        user: options.get_username().to_string(),
+        database: db.name.clone(),
+        password,
+    }
+}
+
+/// A session of its own on the test database, as another client (psql, a report) would hold.
+struct Session {
+    runtime: Runtime,
+    connection: PgConnection,
+}
+
+impl Session {
+    fn open(url: &str) -> Session {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("test runtime starts");
+        let connection = runtime
+            .block_on(PgConnection::connect(url))
+            .expect("the test session connects");
+        Session {
+            runtime,
+            connection,
+        }
+    }
+
+    /// Runs SQL statements (no results).
+    fn execute(&mut self, sql: &str) {
+        self.runtime
+            .block_on(sqlx::raw_sql(sql).execute(&mut self.connection))
+            .unwrap_or_else(|error| panic!("SQL failed: {error}\n{sql}"));
+    }
+
+    /// A one-row, one-column bigint query.
+    fn bigint(&mut self, sql: &str) -> i64 {
+        self.runtime
+            .block_on(sqlx::query_scalar(sql).fetch_one(&mut self.connection))
+            .unwrap_or_else(|error| panic!("query failed: {error}\n{sql}"))
+    }
+}
+
+const PEOPLE_CSV: &str = "name,city\nAnn,Oslo\nBob,Rome\n";
+
+#[test]
+fn pg_environment_variables_alone_are_enough() {
+    let db = TestDb::new();
+    let dir = TempDir::new();
+    let file = csv(&dir, "people.csv", PEOPLE_CSV);
+    let parts = parts(&db);
+    let mut environment = vec![
+        ("PGHOST", parts.host.as_str()),
+        ("PGPORT", parts.port.as_str()),
+        ("PGUSER", parts.user.as_str()),
+        ("PGDATABASE", parts.database.as_str()),
+    ];
+    if let Some(password) = &parts.password {
+        environment.push(("PGPASSWORD", password));
+    }
+    let run = run_importer_with_env(&["run", "-t", "people", &file], None, &environment);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(db.count("people"), 2);
+}
+
+#[test]
+fn a_libpq_keyword_string_is_accepted_as_the_database_url() {
+    let db = TestDb::new();
+    let dir = TempDir::new();
+    let file = csv(&dir, "people.csv", PEOPLE_CSV);
+    let parts = parts(&db);
+    let mut keywords = format!(
+        "host={} port = {} user='{}' dbname={} application_name='nightly load'",
+        parts.host, parts.port, parts.user, parts.database
+    );
+    if let Some(password) = &parts.password {
+        keywords.push_str(&format!(" password='{}'", password.replace('\'', "\\'")));
+    }
+    let run = run_importer(
+        &["run", "-t", "people", "--database-url", &keywords, &file],
+        None,
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(db.count("people"), 2);
+    // and as DATABASE_URL
+    let run = run_importer(&["run", "-t", "people", &file], Some(&keywords));
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(db.count("people"), 4);
+}
+
+#[test]
+fn a_url_of_another_database_system_is_refused_with_one_line() {
+    let db = TestDb::new();
+    let dir = TempDir::new();
+    let file = csv(&dir, "people.csv", PEOPLE_CSV);
+    let run = run_importer(
+        &[
+            "run",
+            "-t",
+            "people",
+            "--database-url",
+            "mysql://root:secret@127.0.0.1/x",
+            "--connect-timeout",
+            "0",
+            &file,
+        ],
+        None,
+    );
+    let line = fatal_error_line(&run);
+    assert!(
+        line.contains("\"mysql\"") && line.contains("postgres://"),
+        "{line}"
+    );
+    assert!(!line.contains("secret"), "no password in {line}");
+    let unknown = run_importer(
+        &[
+            "run",
+            "-t",
+            "people",
+            "--database-url",
+            "host=127.0.0.1 colour=blue",
+            &file,
+        ],
+        None,
+    );
+    let line = fatal_error_line(&unknown);
+    assert!(line.contains("unknown keyword \"colour\""), "{line}");
+    assert!(db.rows("SELECT 1 FROM pg_tables WHERE tablename = 'people'").is_empty());
+}
+
+#[test]
+fn sslmode_of_a_keyword_string_or_url_is_honoured() {
+    let db = TestDb::new();
+    // each row records whether the session that wrote it is encrypted
+    db.execute(
+        "CREATE FUNCTION session_tls() RETURNS boolean LANGUAGE sql
+            AS 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()';
+         CREATE TABLE people (name text, city text, tls boolean DEFAULT session_tls());",
+    );
+    let dir = TempDir::new();
+    let file = csv(&dir, "people.csv", PEOPLE_CSV);
+    let parts = parts(&db);
+    let keywords = |sslmode: &str| {
+        let mut text = format!(
+            "host={} port={} user={} dbname={} sslmode={sslmode}",
+            parts.host, parts.port, parts.user, parts.database
+        );
+        if let Some(password) = &parts.password {
+            text.push_str(&format!(" password='{password}'"));
+        }
+        text
+    };
+    let server_has_tls = db.scalar("SELECT current_setting('ssl')").as_deref() == Some("on");
+    for (sslmode, encrypted) in [("disable", false), ("require", true)] {
+        db.execute("TRUNCATE people");
+        let url = keywords(sslmode);
+        let run = run_importer(&["run", "-t", "people", "--database-url", &url, &file], None);
+        if encrypted && !server_has_tls {
+            let line = fatal_error_line(&run);
+            assert!(line.contains("TLS") && line.contains("sslmode"), "{line}");
+            continue;
+        }
+        assert_eq!(run.code, 0, "sslmode={sslmode}\n{run:?}");
+        assert_eq!(
+            db.rows("SELECT DISTINCT tls FROM people"),
+            vec![vec![Some(encrypted.to_string())]],
+            "sslmode={sslmode}"
+        );
+    }
+    // verify-full needs a certificate the client trusts for that host name: the local
+    // cluster's (if any) is not one, so the connection must fail rather than go unverified
+    for url in [
+        keywords("verify-full"),
+        format!("{}?sslmode=verify-full", db.url),
+    ] {
+        let run = run_importer(&["run", "-t", "people", "--database-url", &url, &file], None);
+        let line = fatal_error_line(&run);
+        assert!(line.contains("TLS") && line.contains("sslmode"), "{line}");
+    }
+}
+
+#[test]
+fn a_down_server_of_an_explicit_url_is_named_instead_of_docker_compose() {
+    let dir = TempDir::new();
+    let file = csv(&dir, "people.csv", PEOPLE_CSV);
+    // port 1 on the loopback: nothing listens there, the connection is refused at once
+    let run = run_importer(
+        &[
+            "run",
+            "--database-url",
+            "postgres://loader@127.0.0.1:1/warehouse",
+            "--connect-timeout",
+            "0",
+            &file,
+        ],
+        None,
+    );
+    let line = fatal_error_line(&run);
+    assert!(
+        line.contains("is a server running on 127.0.0.1:1 and accepting TCP connections?"),
+        "{line}"
+    );
+    assert!(!line.contains("docker compose"), "{line}");
+}
