@@ -37,6 +37,15 @@ pub enum WritePlan {
     },
 }
 
+/// Refuses `--key` column names PostgreSQL would truncate; run before anything is locked or
+/// created.
+pub fn check_key(key: &[String]) -> anyhow::Result<()> {
+    for column in key {
+        sink::check_identifier("--key column name", column)?;
+    }
+    Ok(())
+}
+
 /// Sets the job up for `mode`: checks `--key`, points the job at a staging table when the
 /// mode needs one (creating it), and returns the plan to finish with.
 pub async fn prepare(
@@ -48,6 +57,7 @@ pub async fn prepare(
     if mode != Mode::Upsert && !key.is_empty() {
         bail!("--key is only used with --mode upsert");
     }
+
     let target = job.table.name.clone();
     let mut conflict = None;
     if mode == Mode::Upsert {
@@ -133,9 +143,15 @@ fn key_positions(job: &ImportJob, key: &[String]) -> anyhow::Result<Vec<usize>> 
     key.iter()
         .map(|wanted| {
             let folded = fold_header(wanted);
+            // like the header: an exact column name first
             job.columns
                 .iter()
-                .position(|column| fold_header(&column.name) == folded)
+                .position(|column| column.name == *wanted)
+                .or_else(|| {
+                    job.columns
+                        .iter()
+                        .position(|column| fold_header(&column.name) == folded)
+                })
                 .ok_or_else(|| {
                     let names: Vec<String> = job
                         .columns

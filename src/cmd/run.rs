@@ -56,6 +56,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
 /// The import itself.
 async fn import(args: RunArgs, record: &mut RunRecord) -> anyhow::Result<Outcome> {
     let started = Instant::now();
+    mode::check_key(&args.key)?;
     let prepared = prepare(&args.import).await?;
     // issue 4: the run lock, the ledger entry and --skip-unchanged, before anything is written
     if let Some(skipped) = record.begin(&args, &prepared).await? {
@@ -246,8 +247,17 @@ pub async fn prepare(args: &ImportArgs) -> anyhow::Result<Prepared> {
     };
     let workers = args.workers.map_or_else(available_cores, usize::from);
     let connect_timeout = std::time::Duration::from_secs(args.connect_timeout);
-    let pool = sink::connect(args.database_url.as_deref(), workers as u32 + 1, connect_timeout).await?;
+    let pool = sink::connect(
+        args.database_url.as_deref(),
+        workers as u32 + 1,
+        connect_timeout,
+    )
+    .await?;
     let existing = sink::load_table(&pool, &table_name).await?;
+    if existing.is_none() && !args.no_create {
+        // before the run lock and the ledger: a name PostgreSQL would cut fails cleanly
+        sink::check_column_names(&folded_names)?;
+    }
     Ok(Prepared {
         source,
         header,

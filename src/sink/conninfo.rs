@@ -240,7 +240,10 @@ mod tests {
         assert!(parse("postgres://u@h/db").is_ok());
         assert!(parse("postgresql://u@h:5433/db?sslmode=verify-full").is_ok());
         let mysql = parse("mysql://root:secret@h/db").unwrap_err().to_string();
-        assert!(mysql.contains("\"mysql\"") && !mysql.contains("secret"), "{mysql}");
+        assert!(
+            mysql.contains("\"mysql\"") && !mysql.contains("secret"),
+            "{mysql}"
+        );
         assert!(parse("just-a-name").is_err());
     }
 

@@ -44,6 +44,36 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The longest identifier PostgreSQL keeps, in bytes (NAMEDATALEN - 1); it silently cuts
+/// longer ones, which would make two different names one table or column.
+pub const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// How many characters of an over-long name a message quotes.
+const QUOTED_NAME_CHARS: usize = 100;
+
+/// Refuses a name PostgreSQL would truncate; `what` says what it names ("table name", ...).
+pub fn check_identifier(what: &str, name: &str) -> anyhow::Result<()> {
+    if name.len() > MAX_IDENTIFIER_BYTES {
+        bail!(
+            "{what} {:?} is {} bytes long; PostgreSQL names are at most {MAX_IDENTIFIER_BYTES} bytes",
+            conninfo::shorten(name, QUOTED_NAME_CHARS),
+            name.len()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses column names (folded header cells of a table to create) that PostgreSQL would
+/// truncate: the table would get a cut column that no header then matches.
+pub fn check_column_names(names: &[String]) -> anyhow::Result<()> {
+    for name in names {
+        check_identifier("column name", name).context(
+            "cannot create the table from this header; shorten the header cell, or create the table first",
+        )?;
+    }
+    Ok(())
+}
+
 /// A table name as given: `orders` or `sales.orders`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableName {
@@ -61,8 +91,15 @@ impl TableName {
             None => (None, text.to_string()),
         };
         if name.is_empty() || schema.as_deref().is_some_and(str::is_empty) {
-            bail!("invalid table name {text:?}: expected NAME or SCHEMA.NAME");
+            bail!(
+                "invalid table name {:?}: expected NAME or SCHEMA.NAME",
+                conninfo::shorten(text, QUOTED_NAME_CHARS)
+            );
         }
+        if let Some(schema) = &schema {
+            check_identifier("schema name", schema)?;
+        }
+        check_identifier("table name", &name)?;
         Ok(TableName { schema, name })
     }
 
@@ -399,6 +436,7 @@ pub async fn create_table(
     column_names: &[String],
     column_types: &[InferredType],
 ) -> anyhow::Result<()> {
+    check_column_names(column_names)?;
     let definitions: Vec<String> = column_names
         .iter()
         .zip(column_types)
@@ -495,6 +533,28 @@ pub async fn drop_table(pool: &PgPool, name: &TableName) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_past_63_bytes_are_refused_counting_bytes() {
+        let at_limit = "a".repeat(63);
+        assert!(TableName::parse(&at_limit).is_ok());
+        let message = TableName::parse(&"a".repeat(64)).unwrap_err().to_string();
+        assert!(
+            message.contains("table name") && message.contains("64 bytes"),
+            "{message}"
+        );
+        // 32 two-byte characters: 32 characters but 64 bytes
+        let umlauts = "ä".repeat(32);
+        let message = TableName::parse(&format!("{umlauts}.t"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("schema name"), "{message}");
+        let long = format!("{}", "x".repeat(300));
+        let message = check_identifier("column name", &long)
+            .unwrap_err()
+            .to_string();
+        assert!(message.len() < 200, "the name is cut: {message}");
+    }
 
     #[test]
     fn identifiers_are_quoted_and_names_split_at_the_first_dot() {

@@ -169,7 +169,10 @@ fn a_url_of_another_database_system_is_refused_with_one_line() {
     );
     let line = fatal_error_line(&unknown);
     assert!(line.contains("unknown keyword \"colour\""), "{line}");
-    assert!(db.rows("SELECT 1 FROM pg_tables WHERE tablename = 'people'").is_empty());
+    assert!(
+        db.rows("SELECT 1 FROM pg_tables WHERE tablename = 'people'")
+            .is_empty()
+    );
 }
 
 #[test]
@@ -198,7 +201,10 @@ fn sslmode_of_a_keyword_string_or_url_is_honoured() {
     for (sslmode, encrypted) in [("disable", false), ("require", true)] {
         db.execute("TRUNCATE people");
         let url = keywords(sslmode);
-        let run = run_importer(&["run", "-t", "people", "--database-url", &url, &file], None);
+        let run = run_importer(
+            &["run", "-t", "people", "--database-url", &url, &file],
+            None,
+        );
         if encrypted && !server_has_tls {
             let line = fatal_error_line(&run);
             assert!(line.contains("TLS") && line.contains("sslmode"), "{line}");
@@ -217,7 +223,10 @@ fn sslmode_of_a_keyword_string_or_url_is_honoured() {
         keywords("verify-full"),
         format!("{}?sslmode=verify-full", db.url),
     ] {
-        let run = run_importer(&["run", "-t", "people", "--database-url", &url, &file], None);
+        let run = run_importer(
+            &["run", "-t", "people", "--database-url", &url, &file],
+            None,
+        );
         let line = fatal_error_line(&run);
         assert!(line.contains("TLS") && line.contains("sslmode"), "{line}");
     }
@@ -245,4 +254,125 @@ fn a_down_server_of_an_explicit_url_is_named_instead_of_docker_compose() {
         "{line}"
     );
     assert!(!line.contains("docker compose"), "{line}");
+}
+
+/// README's SQL for the run-lock key of `schema.table`, with the names as SQL literals.
+fn lock_key_sql(schema: &str, table: &str) -> String {
+    let literal = |name: &str| format!("'{}'", name.replace('\'', "''"));
+    format!(
+        r#"SELECT ('x' || left(encode(sha256(convert_to('importer table "' || replace({}, '"', '""') || '"."' || replace({}, '"', '""') || '"', 'UTF8')), 'hex'), 16))::bit(64)::bigint"#,
+        literal(schema),
+        literal(table)
+    )
+}
+
+#[test]
+fn the_documented_lock_key_sql_matches_and_holds_a_real_run_off() {
+    let db = TestDb::new();
+    // README's copy-paste form for public.orders, verbatim
+    let readme = r#"SELECT ('x' || left(encode(sha256(convert_to('importer table "public"."orders"','UTF8')),'hex'),16))::bit(64)::bigint"#;
+    let mut session = Session::open(&db.url);
+    assert_eq!(session.bigint(readme), table_lock_key("public", "orders"));
+    for (schema, table) in [("public", "orders"), ("Sales 2024", r#"Q3 "final" o'k"#)] {
+        assert_eq!(
+            session.bigint(&lock_key_sql(schema, table)),
+            table_lock_key(schema, table),
+            "{schema}.{table}"
+        );
+    }
+    db.execute(
+        r#"CREATE SCHEMA "Sales 2024"; CREATE TABLE "Sales 2024"."Q3 ""final"" o'k" (name text, city text)"#,
+    );
+    let dir = TempDir::new();
+    let file = csv(&dir, "orders.csv", PEOPLE_CSV);
+    // a script holds the table off with the expression, as README tells it to
+    session.execute(&format!(
+        "SELECT pg_advisory_lock(({}))",
+        lock_key_sql("Sales 2024", r#"Q3 "final" o'k"#)
+    ));
+    let run = db.importer(&["run", "-t", r#"Sales 2024.Q3 "final" o'k"#, &file]);
+    let line = fatal_error_line(&run);
+    assert!(line.contains("is being loaded by another run"), "{line}");
+    session.execute("SELECT pg_advisory_unlock_all()");
+    let run = db.importer(&["run", "-t", r#"Sales 2024.Q3 "final" o'k"#, &file]);
+    assert_eq!(run.code, 0, "{run:?}");
+}
+
+#[test]
+fn names_past_63_bytes_are_refused_before_anything_is_created_or_locked() {
+    let db = TestDb::new();
+    let dir = TempDir::new();
+    let file = csv(&dir, "people.csv", PEOPLE_CSV);
+    // two 64-byte names that PostgreSQL would both cut to the same 63 bytes
+    let shared = "t".repeat(63);
+    for table in [format!("{shared}a"), format!("{shared}b")] {
+        let run = db.importer(&["run", "-t", &table, &file]);
+        let line = fatal_error_line(&run);
+        assert!(
+            line.contains("table name")
+                && line.contains("is 64 bytes long; PostgreSQL names are at most 63 bytes"),
+            "{line}"
+        );
+    }
+    let run = db.importer(&["run", "-t", &format!("{}.people", "s".repeat(70)), &file]);
+    let line = fatal_error_line(&run);
+    assert!(
+        line.contains("schema name") && line.contains("70 bytes"),
+        "{line}"
+    );
+    // a 70-byte header with table creation: refused, and no table is left
+    let header = "h".repeat(70);
+    let long_header = csv(&dir, "long.csv", &format!("name,{header}\nAnn,1\n"));
+    let run = db.importer(&["run", "-t", "created", &long_header]);
+    let line = fatal_error_line(&run);
+    assert!(
+        line.contains("column name") && line.contains("70 bytes"),
+        "{line}"
+    );
+    let run = db.importer(&[
+        "run",
+        "-t",
+        "people",
+        "--mode",
+        "upsert",
+        "--key",
+        &"k".repeat(64),
+        &file,
+    ]);
+    let line = fatal_error_line(&run);
+    assert!(line.contains("--key column name"), "{line}");
+    assert!(
+        db.rows("SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace")
+            .is_empty(),
+        "nothing was created"
+    );
+    assert!(
+        db.rows("SELECT 1 FROM pg_namespace WHERE nspname = 'importer'")
+            .is_empty(),
+        "no run reached the ledger (or the lock)"
+    );
+}
+
+#[test]
+fn a_header_prefers_the_exact_column_and_two_folded_matches_are_fatal() {
+    let db = TestDb::new();
+    db.execute(r#"CREATE TABLE contacts ("Phone Number" text, "PHONE-NUMBER" text, name text)"#);
+    let dir = TempDir::new();
+    let exact = csv(&dir, "exact.csv", "name,PHONE-NUMBER\nAnn,555\n");
+    let run = db.importer(&["run", "-t", "contacts", &exact]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        db.rows(r#"SELECT "Phone Number", "PHONE-NUMBER" FROM contacts"#),
+        vec![vec![None, Some("555".into())]]
+    );
+    let ambiguous = csv(&dir, "ambiguous.csv", "name,phone number\nBob,777\n");
+    let run = db.importer(&["run", "-t", "contacts", &ambiguous]);
+    let line = fatal_error_line(&run);
+    assert!(
+        line.contains("matches two columns")
+            && line.contains(r#""Phone Number""#)
+            && line.contains(r#""PHONE-NUMBER""#),
+        "{line}"
+    );
+    assert_eq!(db.count("contacts"), 1);
 }
