@@ -199,6 +199,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS")]
     pub wait_lock: Option<u64>,
 
+    /// --mode replace: keep trying for the table's lock to swap the new rows in for up to
+    /// SECONDS (in short waits, so readers never queue long behind it), then fail leaving the
+    /// table as it was
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub swap_timeout: u64,
+
     /// Also write the stats JSON to this file
     #[arg(long, value_name = "PATH")]
     pub summary: Option<PathBuf>,

@@ -110,7 +110,10 @@ async fn import(args: RunArgs, record: &mut RunRecord) -> anyhow::Result<Outcome
     )?;
     let plan = match args.dry_run {
         true => WritePlan::Direct,
-        false => mode::prepare(&mut job, args.mode, args.atomic, &args.key).await?,
+        false => {
+            let swap_timeout = std::time::Duration::from_secs(args.swap_timeout);
+            mode::prepare(&mut job, args.mode, args.atomic, &args.key, swap_timeout).await?
+        }
     };
     let (pool, columns) = (job.pool.clone(), job.columns.clone());
     let shape = RunShape::new(args.method, &args.import.file, &table_name, &job);

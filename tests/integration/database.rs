@@ -376,3 +376,202 @@ fn a_header_prefers_the_exact_column_and_two_folded_matches_are_fatal() {
     );
     assert_eq!(db.count("contacts"), 1);
 }
+
+const CUSTOMERS: &str = "CREATE TABLE customers (id integer PRIMARY KEY, name text NOT NULL, email text UNIQUE);
+     INSERT INTO customers VALUES (1, 'Ann', 'ann@x'), (2, 'Bob', 'bob@x'), (3, 'Cid', 'cid@x');
+     CREATE TABLE orders (id integer PRIMARY KEY, customer_id integer REFERENCES customers (id));
+     INSERT INTO orders VALUES (10, 1), (11, 2), (12, NULL);
+     CREATE TABLE invoices (id integer PRIMARY KEY, customer_email text REFERENCES customers (email) ON DELETE CASCADE);
+     INSERT INTO invoices VALUES (20, 'ann@x');";
+
+const CUSTOMER_ROWS: &str = "SELECT id, name, email FROM customers ORDER BY id";
+
+#[test]
+fn replace_of_a_referenced_table_keeps_the_rows_that_reference_it() {
+    let dir = TempDir::new();
+    // keeps 1 (orders, invoices) and 2 (orders), renames 2, drops 3, adds 4
+    let file = csv(
+        &dir,
+        "customers.csv",
+        "id,name,email\n1,Ann,ann@x\n2,Bobby,bob@x\n4,Dee,dee@x\n",
+    );
+    for method in ["batch", "copy"] {
+        let db = TestDb::new();
+        db.execute(CUSTOMERS);
+        let run = db.importer(&[
+            "run",
+            "-m",
+            method,
+            "--mode",
+            "replace",
+            "-t",
+            "customers",
+            &file,
+        ]);
+        assert_eq!(run.code, 0, "{method}\n{run:?}");
+        assert_eq!(
+            db.rows(CUSTOMER_ROWS),
+            vec![
+                vec![Some("1".into()), Some("Ann".into()), Some("ann@x".into())],
+                vec![Some("2".into()), Some("Bobby".into()), Some("bob@x".into())],
+                vec![Some("4".into()), Some("Dee".into()), Some("dee@x".into())],
+            ],
+            "{method}: exactly the file's rows"
+        );
+        assert_eq!(
+            db.rows("SELECT id, customer_id FROM orders ORDER BY id"),
+            vec![
+                vec![Some("10".into()), Some("1".into())],
+                vec![Some("11".into()), Some("2".into())],
+                vec![Some("12".into()), None],
+            ],
+            "{method}: the referencing rows are intact"
+        );
+        assert_eq!(db.count("invoices"), 1, "{method}: nothing cascaded");
+    }
+}
+
+#[test]
+fn replace_that_drops_a_referenced_key_fails_naming_it_and_leaves_the_table() {
+    let dir = TempDir::new();
+    let db = TestDb::new();
+    db.execute(CUSTOMERS);
+    let before = db.rows(CUSTOMER_ROWS);
+    // drops id 1, which orders 10 references
+    let drops_id = csv(
+        &dir,
+        "drops_id.csv",
+        "id,name,email\n2,Bob,bob@x\n3,Cid,cid@x\n5,Eve,ann@x\n",
+    );
+    let run = db.importer(&["run", "--mode", "replace", "-t", "customers", &drops_id]);
+    let line = fatal_error_line(&run);
+    assert!(
+        line.contains(
+            r#"foreign key "orders_customer_id_fkey" of table orders references (id) = (1)"#
+        ) && line.contains("the table is unchanged"),
+        "{line}"
+    );
+    assert_eq!(db.rows(CUSTOMER_ROWS), before);
+    // keeps every id but drops the e-mail an ON DELETE CASCADE key references: refused too,
+    // rather than cascading the invoice away
+    let drops_email = csv(
+        &dir,
+        "drops_email.csv",
+        "id,name,email\n1,Ann,ann@y\n2,Bob,bob@x\n3,Cid,cid@x\n",
+    );
+    let run = db.importer(&["run", "--mode", "replace", "-t", "customers", &drops_email]);
+    let line = fatal_error_line(&run);
+    assert!(
+        line.contains(r#"foreign key "invoices_customer_email_fkey" of table invoices references (email) = (ann@x)"#),
+        "{line}"
+    );
+    assert_eq!(db.rows(CUSTOMER_ROWS), before);
+    assert_eq!(db.count("invoices"), 1);
+    assert_eq!(db.count("orders"), 3);
+    assert!(
+        db.rows("SELECT 1 FROM pg_tables WHERE tablename LIKE 'importer_staging_%'")
+            .is_empty(),
+        "the staging table is dropped"
+    );
+}
+
+#[test]
+fn replace_logs_each_index_build_at_info() {
+    let db = TestDb::new();
+    db.execute(
+        "CREATE TABLE people (name text, city text);
+         CREATE INDEX people_city_idx ON people (city);
+         CREATE INDEX people_name_idx ON people (lower(name));",
+    );
+    let dir = TempDir::new();
+    let file = csv(&dir, "people.csv", PEOPLE_CSV);
+    let run = run_importer_with_env(
+        &["run", "--mode", "replace", "-t", "people", &file],
+        Some(&db.url),
+        &[("RUST_LOG", "info")],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    for index in ["people_city_idx", "people_name_idx"] {
+        assert!(
+            run.stderr.lines().any(|line| line.contains(" INFO ")
+                && line.contains("building index")
+                && line.contains(&format!("index={index}"))),
+            "{index}\n{run:?}"
+        );
+    }
+    assert!(!run.stderr.contains("slow statement"), "{run:?}");
+    assert_eq!(db.count("people"), 2);
+}
+
+#[test]
+fn replace_gives_up_on_a_busy_table_in_bounded_time_without_stalling_readers() {
+    let db = TestDb::new();
+    db.execute(
+        "CREATE TABLE people (name text, city text); INSERT INTO people VALUES ('Old', 'Town');",
+    );
+    let dir = TempDir::new();
+    let file = csv(&dir, "people.csv", PEOPLE_CSV);
+    // a long report: an open transaction that has read the table (ACCESS SHARE, kept)
+    let mut report = Session::open(&db.url);
+    report.execute("BEGIN; SELECT count(*) FROM people;");
+    let started = Instant::now();
+    let mut child = importer_command(
+        &[
+            "run",
+            "--mode",
+            "replace",
+            "--swap-timeout",
+            "3",
+            "-t",
+            "people",
+            &file,
+        ],
+        Some(&db.url),
+        &[],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("the importer starts");
+    // wait (bounded) until the swap queues for its lock
+    let mut reader = Session::open(&db.url);
+    let queued =
+        "SELECT count(*) FROM pg_locks WHERE relation = 'people'::regclass AND NOT granted";
+    while reader.bigint(queued) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the swap never queued for its lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // a new reader arriving while the swap waits gets through within one short lock wait
+    reader.execute("SET statement_timeout = '5s'");
+    let select_started = Instant::now();
+    assert_eq!(reader.bigint("SELECT count(*) FROM people"), 1);
+    assert!(
+        select_started.elapsed() < Duration::from_millis(2500),
+        "a reader waited {:?} behind the swap",
+        select_started.elapsed()
+    );
+    let output = child.wait_with_output().expect("the importer ends");
+    let run = crate::util::Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    let elapsed = started.elapsed();
+    let line = fatal_error_line(&run);
+    assert!(
+        line.contains("table people stayed as it was")
+            && line.contains("--swap-timeout 3")
+            && line.contains("AccessShareLock"),
+        "{line}"
+    );
+    assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
+    report.execute("COMMIT");
+    assert_eq!(
+        db.rows("SELECT name FROM people"),
+        vec![vec![Some("Old".into())]],
+        "the old rows stay"
+    );
+}
