@@ -549,7 +549,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.starts_with("schema name"), "{message}");
-        let long = format!("{}", "x".repeat(300));
+        let long = "x".repeat(300);
         let message = check_identifier("column name", &long)
             .unwrap_err()
             .to_string();

@@ -447,23 +447,23 @@ async fn referencing_keys(
         names("con"),
         names("conf")
     );
-    let rows: Vec<(String, String, bool, Vec<String>, Vec<String>)> = sqlx::query_as(&sql)
+    let rows = sqlx::query(&sql)
         .bind(target.quoted())
-        .fetch_all(connection)
+        .fetch_all(&mut *connection)
         .await
         .with_context(|| format!("cannot read the foreign keys that reference table {target}"))?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(constraint, table, is_self_reference, columns, key)| ReferencingKey {
-                constraint,
-                table,
-                is_self_reference,
-                columns,
-                key,
-            },
-        )
-        .collect())
+    rows.iter()
+        .map(|row| {
+            Ok(ReferencingKey {
+                constraint: row.try_get(0)?,
+                table: row.try_get(1)?,
+                is_self_reference: row.try_get(2)?,
+                columns: row.try_get(3)?,
+                key: row.try_get(4)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .with_context(|| format!("cannot read the foreign keys that reference table {target}"))
 }
 
 /// Fails, naming the constraint and the first missing key, when a row referencing the

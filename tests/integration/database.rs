@@ -515,7 +515,7 @@ fn replace_gives_up_on_a_busy_table_in_bounded_time_without_stalling_readers() {
     let mut report = Session::open(&db.url);
     report.execute("BEGIN; SELECT count(*) FROM people;");
     let started = Instant::now();
-    let mut child = importer_command(
+    let child = importer_command(
         &[
             "run",
             "--mode",
