@@ -65,7 +65,6 @@ pub async fn prepare(
     if mode != Mode::Upsert && !key.is_empty() {
         bail!("--key is only used with --mode upsert");
     }
-
     let target = job.table.name.clone();
     let mut conflict = None;
     if mode == Mode::Upsert {
