@@ -64,7 +64,7 @@ fn benches(criterion: &mut Criterion) {
             header_row: 1,
             workers: None,
             batch_size: 1000,
-            database_url: database_url.clone(),
+            database_url: Some(database_url.clone()),
             no_create: true,
             connect_timeout: 30,
             csv: importer::cli::CsvArgs::default(),

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use encoding_rs::Encoding;
 
-/// The server of docker-compose.yml; used when neither --database-url nor DATABASE_URL is set.
+/// The server of docker-compose.yml; used when neither --database-url, DATABASE_URL nor any
+/// `PG*` variable (PGHOST, PGUSER, ...) is set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://importer:importer@localhost:5432/importer";
 
 /// Load spreadsheets (xlsx, xlsm, xlsb, xls, ods, csv) into PostgreSQL.
@@ -116,9 +117,10 @@ pub struct ImportArgs {
     #[arg(short, long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
 
-    /// PostgreSQL URL; else env DATABASE_URL, else the docker-compose.yml server
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL, hide_default_value = true)]
-    pub database_url: String,
+    /// PostgreSQL URL or libpq keyword string; else env DATABASE_URL, else the PG* variables,
+    /// else the docker-compose.yml server
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: Option<String>,
 
     /// Fail if the table does not exist (default: create it from the sheet)
     #[arg(long)]
@@ -206,6 +208,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", conflicts_with = "dry_run")]
     pub wait_lock: Option<u64>,
 
+    /// --mode replace: keep trying for the table's lock to swap the new rows in for up to
+    /// SECONDS (in short waits, so readers never queue long behind it), then fail leaving the
+    /// table as it was
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub swap_timeout: u64,
+
     /// Also write the stats JSON to this file
     #[arg(long, value_name = "PATH")]
     pub summary: Option<PathBuf>,
@@ -290,9 +298,10 @@ pub struct HistoryArgs {
     #[arg(long, default_value_t = 20)]
     pub limit: u32,
 
-    /// PostgreSQL URL; else env DATABASE_URL, else the docker-compose.yml server
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL, hide_default_value = true)]
-    pub database_url: String,
+    /// PostgreSQL URL or libpq keyword string; else env DATABASE_URL, else the PG* variables,
+    /// else the docker-compose.yml server
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: Option<String>,
 
     /// Keep retrying a failed first connection, with backoff, for this many seconds
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]

@@ -156,35 +156,47 @@ pub fn fold_header_row(header: &[String]) -> anyhow::Result<Vec<String>> {
     Ok(folded_names)
 }
 
-/// Maps each header cell onto a table column (case-insensitively, after folding both sides).
-/// Returns, per sheet column, the index into `columns`. Fatal on a cell that matches nothing.
+/// Maps each header cell onto a table column. A column whose name is exactly the cell (case
+/// and spaces included) comes first; else the one column whose folded name is the cell's
+/// folded name. Returns, per sheet column, the index into `columns`. Fatal on a cell that
+/// matches nothing, and on one whose folded name matches two columns (`Phone Number` and
+/// `PHONE-NUMBER` both fold to `phone_number`): guessing would fill the wrong one silently.
 pub fn map_header(
     header: &[String],
     columns: &[Column],
     table_name: &str,
 ) -> anyhow::Result<Vec<usize>> {
     let folded_names = fold_header_row(header)?;
-    let mut by_folded: HashMap<String, usize> = HashMap::new();
+    let mut by_folded: HashMap<String, Vec<usize>> = HashMap::new();
     for (column_index, column) in columns.iter().enumerate() {
         by_folded
             .entry(fold_header(&column.name))
-            .or_insert(column_index);
-        // an exact name wins over a folded one ("Phone" vs "phone" both present)
-    }
-    for (column_index, column) in columns.iter().enumerate() {
-        by_folded.insert(column.name.to_lowercase(), column_index);
+            .or_default()
+            .push(column_index);
     }
     folded_names
         .iter()
         .zip(header)
         .map(|(folded, cell)| {
-            by_folded.get(folded).copied().ok_or_else(|| {
-                let names: Vec<String> = columns.iter().map(|c| format!("{:?}", c.name)).collect();
-                anyhow::anyhow!(
-                    "header {cell:?} (as {folded:?}) matches no column of table {table_name} (columns: {})",
-                    names.join(", ")
-                )
-            })
+            if let Some(exact) = columns.iter().position(|column| column.name == *cell) {
+                return Ok(exact);
+            }
+            match by_folded.get(folded).map(Vec::as_slice) {
+                Some([only]) => Ok(*only),
+                Some([first, second, ..]) => Err(anyhow::anyhow!(
+                    "header {cell:?} (as {folded:?}) matches two columns of table {table_name}, {:?} and {:?}; rename the header cell to one of them exactly",
+                    columns[*first].name,
+                    columns[*second].name
+                )),
+                _ => {
+                    let names: Vec<String> =
+                        columns.iter().map(|c| format!("{:?}", c.name)).collect();
+                    Err(anyhow::anyhow!(
+                        "header {cell:?} (as {folded:?}) matches no column of table {table_name} (columns: {})",
+                        names.join(", ")
+                    ))
+                }
+            }
         })
         .collect()
 }
@@ -412,6 +424,43 @@ mod tests {
             .map(String::from)
             .to_vec();
         assert_eq!(map_header(&header, &columns, "t").unwrap(), vec![2, 0, 1]);
+    }
+
+    #[test]
+    fn map_header_prefers_an_exact_name_and_refuses_two_folded_matches() {
+        let columns = vec![
+            text_column("Phone Number"),
+            text_column("PHONE-NUMBER"),
+            text_column("name"),
+        ];
+        let cases: [(&str, Result<usize, &str>); 5] = [
+            ("PHONE-NUMBER", Ok(1)),
+            ("Phone Number", Ok(0)),
+            ("name", Ok(2)),
+            (" Name ", Ok(2)),
+            ("phone number", Err("matches two columns")),
+        ];
+        for (cell, expected) in cases {
+            let mapped = map_header(&[cell.to_string()], &columns, "t");
+            match expected {
+                Ok(position) => assert_eq!(mapped.unwrap(), vec![position], "{cell:?}"),
+                Err(wanted) => {
+                    let message = mapped.unwrap_err().to_string();
+                    assert!(
+                        message.contains(wanted)
+                            && message.contains("\"Phone Number\"")
+                            && message.contains("\"PHONE-NUMBER\""),
+                        "{cell:?}: {message}"
+                    );
+                }
+            }
+        }
+        // an exact match is case- and space-sensitive
+        let padded = map_header(&["Phone Number ".to_string()], &columns, "t");
+        assert!(
+            padded.is_err(),
+            "\"Phone Number \" is not exact: it folds to both"
+        );
     }
 
     #[test]

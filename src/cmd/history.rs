@@ -17,7 +17,7 @@ const ERROR_PREVIEW_CHARS: usize = 60;
 /// Runs `importer history`.
 pub async fn run(args: HistoryArgs) -> anyhow::Result<Outcome> {
     let connect_timeout = Duration::from_secs(args.connect_timeout);
-    let pool = sink::connect(&args.database_url, 1, connect_timeout).await?;
+    let pool = sink::connect(args.database_url.as_deref(), 1, connect_timeout).await?;
     let table = match &args.table {
         // the same table a run with `--table T` would lock and record
         Some(table) => Some(lock::qualify_table(&pool, &TableName::parse(table)?).await?),

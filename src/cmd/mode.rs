@@ -7,9 +7,13 @@
 //!   one INSERT ... SELECT in one transaction; any stop before that leaves the target as it was.
 //! - replace: into a fresh staging table with the target's unique indexes only; the other
 //!   indexes are built after the load, then the staging table takes the target's place in one
-//!   transaction. Readers see the old rows until the commit and the new ones after it.
+//!   transaction. Readers see the old rows until the commit and the new ones after it. The
+//!   swap's lock is tried in short waits, so that readers never queue long behind it, for up
+//!   to `--swap-timeout`.
 //!
 //! Orchestration only: the SQL is in `sink::staging` and `sink::conflict_clause`.
+
+use std::time::Duration;
 
 use anyhow::bail;
 use sqlx::PgPool;
@@ -29,6 +33,8 @@ pub enum WritePlan {
     Replace {
         staging: TableName,
         indexes: Vec<SecondaryIndex>,
+        /// How long the swap may keep trying for its lock (--swap-timeout).
+        swap_timeout: Duration,
     },
     /// Into `staging`, published into the target at the end (with `conflict` for upsert).
     Publish {
@@ -37,13 +43,24 @@ pub enum WritePlan {
     },
 }
 
+/// Refuses `--key` column names PostgreSQL would truncate; run before anything is locked or
+/// created.
+pub fn check_key(key: &[String]) -> anyhow::Result<()> {
+    for column in key {
+        sink::check_identifier("--key column name", column)?;
+    }
+    Ok(())
+}
+
 /// Sets the job up for `mode`: checks `--key`, points the job at a staging table when the
-/// mode needs one (creating it), and returns the plan to finish with.
+/// mode needs one (creating it), and returns the plan to finish with; a replace's swap keeps
+/// trying for its lock for up to `swap_timeout`.
 pub async fn prepare(
     job: &mut ImportJob,
     mode: Mode,
     atomic: bool,
     key: &[String],
+    swap_timeout: Duration,
 ) -> anyhow::Result<WritePlan> {
     if mode != Mode::Upsert && !key.is_empty() {
         bail!("--key is only used with --mode upsert");
@@ -71,7 +88,11 @@ pub async fn prepare(
         }
         (Mode::Replace, _) => {
             let indexes = staging::create_for_replace(&job.pool, &target, &staging).await?;
-            WritePlan::Replace { staging, indexes }
+            WritePlan::Replace {
+                staging,
+                indexes,
+                swap_timeout,
+            }
         }
         (Mode::Append | Mode::Upsert, true) => {
             staging::create_for_publish(&job.pool, &target, &staging).await?;
@@ -105,9 +126,13 @@ pub async fn finish(
     }
     let published = match plan {
         WritePlan::Direct => Ok(()),
-        WritePlan::Replace { staging, indexes } => {
+        WritePlan::Replace {
+            staging,
+            indexes,
+            swap_timeout,
+        } => {
             match staging::build_indexes(pool, staging, indexes).await {
-                Ok(()) => staging::swap_in(pool, staging, target).await.map(|published| {
+                Ok(()) => staging::swap_in(pool, staging, target, *swap_timeout).await.map(|published| {
                     if published == Published::Refilled {
                         info!(table = %target, "the table has grants, triggers or dependants: emptied and refilled in one transaction instead of swapped");
                     }
@@ -133,9 +158,15 @@ fn key_positions(job: &ImportJob, key: &[String]) -> anyhow::Result<Vec<usize>> 
     key.iter()
         .map(|wanted| {
             let folded = fold_header(wanted);
+            // like the header: an exact column name first
             job.columns
                 .iter()
-                .position(|column| fold_header(&column.name) == folded)
+                .position(|column| column.name == *wanted)
+                .or_else(|| {
+                    job.columns
+                        .iter()
+                        .position(|column| fold_header(&column.name) == folded)
+                })
                 .ok_or_else(|| {
                     let names: Vec<String> = job
                         .columns

@@ -57,6 +57,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let mut signals = SignalListener::install()?;
     let started = Instant::now();
     record::check_outputs(&args)?;
+    mode::check_key(&args.key)?;
     let mut record = RunRecord::new(&args);
     let result = import(&args, &mut record, &mut signals, started).await;
     record.finish(result).await
@@ -158,7 +159,10 @@ async fn import(
     }
     let plan = match args.dry_run {
         true => WritePlan::Direct,
-        false => mode::prepare(&mut job, args.mode, args.atomic, &args.key).await?,
+        false => {
+            let swap_timeout = std::time::Duration::from_secs(args.swap_timeout);
+            mode::prepare(&mut job, args.mode, args.atomic, &args.key, swap_timeout).await?
+        }
     };
     let (pool, columns) = (job.pool.clone(), job.columns.clone());
     let shape = RunShape::new(args.method, &args.import.file, &table_name, &job);
@@ -388,8 +392,17 @@ pub async fn prepare(args: &ImportArgs) -> anyhow::Result<Prepared> {
     };
     let workers = args.workers.map_or_else(available_cores, usize::from);
     let connect_timeout = std::time::Duration::from_secs(args.connect_timeout);
-    let pool = sink::connect(&args.database_url, workers as u32 + 1, connect_timeout).await?;
+    let pool = sink::connect(
+        args.database_url.as_deref(),
+        workers as u32 + 1,
+        connect_timeout,
+    )
+    .await?;
     let existing = sink::load_table(&pool, &table_name).await?;
+    if existing.is_none() && !args.no_create {
+        // before the run lock and the ledger: a name PostgreSQL would cut fails cleanly
+        sink::check_column_names(&folded_names)?;
+    }
     Ok(Prepared {
         source,
         header,

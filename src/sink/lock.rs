@@ -19,9 +19,11 @@ use super::{TableName, quote_ident};
 /// SQLSTATE lock_not_available: the `lock_timeout` of a wait expired.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
-/// The advisory-lock key of the table `schema.table`: the first 8 bytes of a SHA-256 over its
-/// quoted, qualified name. Stable across runs, machines and server versions (unlike
-/// `hashtext`), so that every `importer` (and anyone who wants to hold the table off) agrees.
+/// The advisory-lock key of the table `schema.table`: the first 8 bytes, read as a big-endian
+/// signed integer, of the SHA-256 of the UTF-8 text `importer table "SCHEMA"."TABLE"` (each
+/// name always in double quotes, a `"` inside doubled). Stable across runs, machines and
+/// server versions (unlike `hashtext`), so that every `importer` agrees, and a script can
+/// compute it in SQL (README gives the expression, and a test checks it against this).
 pub fn table_lock_key(schema: &str, table: &str) -> i64 {
     advisory_key(&format!(
         "importer table {}.{}",
@@ -38,36 +40,32 @@ pub(crate) fn advisory_key(text: &str) -> i64 {
     i64::from_be_bytes(bytes)
 }
 
-/// The table's schema-qualified name. A qualified name stays as given; an unqualified one
-/// gets the schema where the search path finds the table, or `current_schema()` (where it
-/// would be created) when it does not exist yet.
+/// The table's schema-qualified name as the server resolves it: for an existing table the
+/// schema and name of the catalog entry that `table` finds (through the search path when
+/// unqualified); for a missing one the given schema, or `current_schema()` (where it would
+/// be created). Names longer than PostgreSQL's limit never get here (see `TableName::parse`),
+/// so the server cannot truncate a name into another table's.
 pub async fn qualify_table(pool: &PgPool, table: &TableName) -> anyhow::Result<TableName> {
-    Ok(TableName {
-        schema: Some(schema_of(pool, table).await?),
-        name: table.name.clone(),
-    })
-}
-
-/// The schema of [`qualify_table`].
-async fn schema_of(pool: &PgPool, table: &TableName) -> anyhow::Result<String> {
-    if let Some(schema) = &table.schema {
-        return Ok(schema.clone());
-    }
-    let schema: Option<String> = sqlx::query_scalar(
-        "SELECT coalesce(
-                    (SELECT n.nspname::text FROM pg_class c
-                       JOIN pg_namespace n ON n.oid = c.relnamespace
-                      WHERE c.oid = to_regclass($1)),
-                    current_schema()::text)",
+    let resolved: (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT coalesce(n.nspname::text, $2, current_schema()::text), c.relname::text
+           FROM (SELECT to_regclass($1) AS oid) r
+           LEFT JOIN pg_class c ON c.oid = r.oid
+           LEFT JOIN pg_namespace n ON n.oid = c.relnamespace",
     )
     .bind(table.quoted())
+    .bind(table.schema.as_deref())
     .fetch_one(pool)
     .await
     .with_context(|| format!("cannot find the schema of table {table}"))?;
-    schema.with_context(|| {
+    let (schema, name) = resolved;
+    let schema = schema.with_context(|| {
         format!(
             "cannot tell which schema table {table} is in: no schema of the search_path exists; pass --table SCHEMA.{table}"
         )
+    })?;
+    Ok(TableName {
+        schema: Some(schema),
+        name: name.unwrap_or_else(|| table.name.clone()),
     })
 }
 
@@ -86,12 +84,12 @@ impl TableLock {
         table: &TableName,
         wait: Option<Duration>,
     ) -> anyhow::Result<TableLock> {
-        let schema = schema_of(pool, table).await?;
-        let key = table_lock_key(&schema, &table.name);
-        let table = TableName {
-            schema: Some(schema),
-            name: table.name.clone(),
-        };
+        let table = qualify_table(pool, table).await?;
+        let schema = table
+            .schema
+            .as_deref()
+            .expect("qualify_table gives a schema");
+        let key = table_lock_key(schema, &table.name);
         // its own connection, named after this process so that the holder can be found
         let options = (*pool.connect_options())
             .clone()

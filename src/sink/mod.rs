@@ -4,6 +4,7 @@
 //! Identifiers from files and flags pass through [`quote_ident`], and only there. Values are
 //! never formatted into SQL: they are bound, or COPY-encoded.
 
+pub mod conninfo;
 pub mod copy;
 pub mod insert;
 pub mod ledger;
@@ -11,7 +12,6 @@ pub mod lock;
 pub mod staging;
 pub mod violation;
 
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -45,6 +45,36 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The longest identifier PostgreSQL keeps, in bytes (NAMEDATALEN - 1); it silently cuts
+/// longer ones, which would make two different names one table or column.
+pub const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// How many characters of an over-long name a message quotes.
+const QUOTED_NAME_CHARS: usize = 100;
+
+/// Refuses a name PostgreSQL would truncate; `what` says what it names ("table name", ...).
+pub fn check_identifier(what: &str, name: &str) -> anyhow::Result<()> {
+    if name.len() > MAX_IDENTIFIER_BYTES {
+        bail!(
+            "{what} {:?} is {} bytes long; PostgreSQL names are at most {MAX_IDENTIFIER_BYTES} bytes",
+            conninfo::shorten(name, QUOTED_NAME_CHARS),
+            name.len()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses column names (folded header cells of a table to create) that PostgreSQL would
+/// truncate: the table would get a cut column that no header then matches.
+pub fn check_column_names(names: &[String]) -> anyhow::Result<()> {
+    for name in names {
+        check_identifier("column name", name).context(
+            "cannot create the table from this header; shorten the header cell, or create the table first",
+        )?;
+    }
+    Ok(())
+}
+
 /// A table name as given: `orders` or `sales.orders`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableName {
@@ -62,8 +92,15 @@ impl TableName {
             None => (None, text.to_string()),
         };
         if name.is_empty() || schema.as_deref().is_some_and(str::is_empty) {
-            bail!("invalid table name {text:?}: expected NAME or SCHEMA.NAME");
+            bail!(
+                "invalid table name {:?}: expected NAME or SCHEMA.NAME",
+                conninfo::shorten(text, QUOTED_NAME_CHARS)
+            );
         }
+        if let Some(schema) = &schema {
+            check_identifier("schema name", schema)?;
+        }
+        check_identifier("table name", &name)?;
         Ok(TableName { schema, name })
     }
 
@@ -94,31 +131,30 @@ pub struct TargetTable {
     pub columns: Vec<Column>,
 }
 
-/// Connects to `url` and returns a pool of up to `max_connections`. The first connection is
-/// made here, so that an unreachable server or a wrong password fails with a clear message
-/// (which never contains the password). While the server is unreachable or starting up, that
-/// first connection is retried with backoff for up to `connect_timeout` (issue 4: a nightly
-/// run should outlast a server restart); a wrong password or database fails at once.
+/// Connects to the server `url` names (a `postgres://` URL or a libpq keyword string; `None`
+/// when neither --database-url nor DATABASE_URL is set: the `PG*` variables, else the
+/// docker-compose.yml server) and returns a pool of up to `max_connections`. The first
+/// connection is made here, so that an unreachable server or a wrong password fails with a
+/// clear message (which never contains the password). While the server is unreachable or
+/// starting up, that first connection is retried with backoff for up to `connect_timeout` (a
+/// nightly run should outlast a server restart); a wrong password or database fails at once.
 pub async fn connect(
-    url: &str,
+    url: Option<&str>,
     max_connections: u32,
     connect_timeout: Duration,
 ) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(url)
-        .map_err(|_| anyhow::anyhow!("invalid --database-url / DATABASE_URL: expected postgres://USER:PASSWORD@HOST:PORT/DATABASE"))?
-        .application_name("importer")
+    let target = conninfo::resolve(url)?;
+    let mut options = target.options;
+    if options.get_application_name().is_none() {
+        options = options.application_name("importer");
+    }
+    let options = options
         // every chunk commits on its own; waiting for each commit's WAL flush would leave
         // the server idle between chunks, so commits are asynchronous and `flush_commits`
         // makes them all durable, in one synchronous commit, before the stats are printed
         .options([("synchronous_commit", "off")])
         .log_statements(tracing::log::LevelFilter::Trace);
-    let server = format!(
-        "{}:{} (database {:?}, user {:?})",
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap_or(options.get_username()),
-        options.get_username()
-    );
+    let server = Server::of(&options, target.is_default);
     connect_first(&options, &server, connect_timeout)
         .await?
         .close()
@@ -130,11 +166,46 @@ pub async fn connect(
         .connect_lazy_with(options))
 }
 
+/// The server a connection goes to, as the messages about it name it.
+struct Server {
+    /// `HOST:PORT` (or the socket directory).
+    address: String,
+    /// `HOST:PORT (database "d", user "u")`.
+    description: String,
+    /// Whether it is the built-in default (the docker-compose.yml server).
+    is_default: bool,
+}
+
+impl Server {
+    fn of(options: &PgConnectOptions, is_default: bool) -> Server {
+        let address = match options.get_socket() {
+            Some(socket) => socket.display().to_string(),
+            None => format!("{}:{}", options.get_host(), options.get_port()),
+        };
+        let description = format!(
+            "{address} (database {:?}, user {:?})",
+            options.get_database().unwrap_or(options.get_username()),
+            options.get_username()
+        );
+        Server {
+            address,
+            description,
+            is_default,
+        }
+    }
+}
+
+impl std::fmt::Display for Server {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.description)
+    }
+}
+
 /// Makes the first connection, retrying connection-level failures (see [`is_transient`])
 /// with exponential backoff until `connect_timeout` has passed; 0 means one attempt.
 async fn connect_first(
     options: &PgConnectOptions,
-    server: &str,
+    server: &Server,
     connect_timeout: Duration,
 ) -> anyhow::Result<PgConnection> {
     let started = Instant::now();
@@ -180,9 +251,12 @@ async fn connect_first(
             let error = connection_error(error, server);
             return Err(anyhow::anyhow!("{error:#}; {tried}"));
         }
+        if attempt_count == 1 {
+            announce_retrying(server, &error, connect_timeout);
+        }
         let pause = delay.min(deadline - now);
         warn!(
-            server,
+            server = %server,
             attempt = attempt_count,
             retry_in_seconds = pause.as_millis() as f64 / 1000.0,
             error = %error_message(&error),
@@ -193,18 +267,41 @@ async fn connect_first(
     }
 }
 
+/// Tells a person at a terminal, as soon as the first attempt has failed, that the run is not
+/// stuck but retrying, and for how long; whatever the log level, since they are waiting on it.
+/// Without a terminal the retry log lines say the same to the log.
+#[allow(clippy::print_stderr)]
+fn announce_retrying(server: &Server, error: &sqlx::Error, connect_timeout: Duration) {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!(
+            "cannot connect to PostgreSQL at {} ({}); retrying for up to {} s (--connect-timeout {}), Ctrl-C to stop",
+            server.address,
+            error_message(error),
+            connect_timeout.as_secs(),
+            connect_timeout.as_secs()
+        );
+    }
+}
+
 /// Whether a failed connection attempt may succeed later: an I/O error (refused, reset,
 /// unreachable, timed out) or a server that is starting up. Not: authentication, a missing
 /// database, TLS.
 fn is_transient(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Io(_) => true,
+        sqlx::Error::Io(io) => !is_tls_failure(io),
         sqlx::Error::Database(database) => database.code().as_deref() == Some(CANNOT_CONNECT_NOW),
         _ => false,
     }
 }
 
-fn connection_error(error: sqlx::Error, server: &str) -> anyhow::Error {
+/// Whether an I/O error of a connection attempt is the TLS handshake refusing the server
+/// (sqlx passes rustls' certificate errors on as invalid data): retrying cannot help.
+fn is_tls_failure(io: &std::io::Error) -> bool {
+    io.kind() == std::io::ErrorKind::InvalidData
+}
+
+fn connection_error(error: sqlx::Error, server: &Server) -> anyhow::Error {
+    const TLS_HINT: &str = "sslmode require, verify-ca and verify-full need a server with TLS, and verify-ca and verify-full a certificate the client trusts (sslrootcert=PATH)";
     match &error {
         sqlx::Error::Database(database) if database.code().as_deref() == Some("28P01") => {
             anyhow::anyhow!(
@@ -217,8 +314,18 @@ fn connection_error(error: sqlx::Error, server: &str) -> anyhow::Error {
                 database.message()
             )
         }
-        sqlx::Error::Io(io) => anyhow::anyhow!(
+        sqlx::Error::Io(io) if is_tls_failure(io) => anyhow::anyhow!(
+            "cannot connect to PostgreSQL at {server}: TLS failed ({io}); {TLS_HINT}"
+        ),
+        sqlx::Error::Io(io) if server.is_default => anyhow::anyhow!(
             "cannot connect to PostgreSQL at {server}: {io}; start one with `docker compose up -d --wait`, or point --database-url / DATABASE_URL at a running server"
+        ),
+        sqlx::Error::Io(io) => anyhow::anyhow!(
+            "cannot connect to PostgreSQL at {server}: {io}; is a server running on {} and accepting TCP connections?",
+            server.address
+        ),
+        sqlx::Error::Tls(tls) => anyhow::anyhow!(
+            "cannot connect to PostgreSQL at {server}: TLS failed ({tls}); {TLS_HINT}"
         ),
         other => anyhow::anyhow!("cannot connect to PostgreSQL at {server}: {other}"),
     }
@@ -330,6 +437,7 @@ pub async fn create_table(
     column_names: &[String],
     column_types: &[InferredType],
 ) -> anyhow::Result<()> {
+    check_column_names(column_names)?;
     let sql = create_table_sql(name, column_names, column_types);
     execute(pool, &sql, || format!("cannot create table {name}")).await?;
     Ok(())
@@ -435,6 +543,28 @@ pub async fn drop_table(pool: &PgPool, name: &TableName) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_past_63_bytes_are_refused_counting_bytes() {
+        let at_limit = "a".repeat(63);
+        assert!(TableName::parse(&at_limit).is_ok());
+        let message = TableName::parse(&"a".repeat(64)).unwrap_err().to_string();
+        assert!(
+            message.contains("table name") && message.contains("64 bytes"),
+            "{message}"
+        );
+        // 32 two-byte characters: 32 characters but 64 bytes
+        let umlauts = "ä".repeat(32);
+        let message = TableName::parse(&format!("{umlauts}.t"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("schema name"), "{message}");
+        let long = "x".repeat(300);
+        let message = check_identifier("column name", &long)
+            .unwrap_err()
+            .to_string();
+        assert!(message.len() < 200, "the name is cut: {message}");
+    }
 
     #[test]
     fn identifiers_are_quoted_and_names_split_at_the_first_dot() {

@@ -5,9 +5,11 @@
 //! SQL only; `cmd::mode` decides when each step runs. Names come from the catalog or from
 //! `TableName`, and pass through `quote_ident`.
 
-use anyhow::Context;
-use sqlx::{Connection, PgPool, Row};
-use tracing::info;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
+use tracing::{debug, info};
 
 use crate::schema::Column;
 use crate::sink::{TableName, create_table_like, execute, quote_ident};
@@ -72,12 +74,20 @@ pub async fn create_for_publish(
     .await
 }
 
-/// Builds the target's secondary indexes on the loaded staging table.
+/// Builds the target's secondary indexes on the loaded staging table, logging each at info.
+/// They run on a connection of their own whose slow-statement logging is off: a long index
+/// build is expected work, not a warning.
 pub async fn build_indexes(
     pool: &PgPool,
     staging: &TableName,
     indexes: &[SecondaryIndex],
 ) -> anyhow::Result<()> {
+    let options = (*pool.connect_options())
+        .clone()
+        .log_slow_statements(tracing::log::LevelFilter::Off, Duration::ZERO);
+    let mut connection = PgConnection::connect_with(&options)
+        .await
+        .with_context(|| format!("cannot connect to build the indexes of {staging}"))?;
     for (position, index) in indexes.iter().enumerate() {
         let sql = format!(
             "CREATE INDEX {} ON {} USING {}",
@@ -85,40 +95,162 @@ pub async fn build_indexes(
             staging.quoted(),
             index.definition
         );
-        execute(pool, &sql, || {
-            format!(
-                "cannot build index {} on staging table {staging}",
-                index.name
-            )
-        })
-        .await?;
+        info!(index = %index.name, "building index");
+        sqlx::query(&sql)
+            .execute(&mut connection)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot build index {} on staging table {staging}",
+                    index.name
+                )
+            })?;
     }
     // a fresh table has no planner statistics: gather them before readers see it
     let analyze = format!("ANALYZE {}", staging.quoted());
-    execute(pool, &analyze, || {
-        format!("cannot analyze staging table {staging}")
-    })
-    .await?;
+    sqlx::query(&analyze)
+        .execute(&mut connection)
+        .await
+        .with_context(|| format!("cannot analyze staging table {staging}"))?;
+    connection.close().await.ok();
     Ok(())
 }
 
 /// Puts the staging rows in the target's place in one transaction, so readers see the old
 /// rows until the commit and the new ones after it, never an empty table. The staging table
 /// is renamed over the target when nothing hangs on the target's identity; otherwise the
-/// target is emptied and refilled.
+/// target is refilled (see [`refill`]).
+///
+/// The swap needs an ACCESS EXCLUSIVE lock on the target, and while it waits for one every
+/// new reader queues behind it. So each attempt waits at most a short `lock_timeout` (from
+/// [`FIRST_LOCK_WAIT`] up to [`MAX_LOCK_WAIT`]), and a refused attempt is retried with backoff
+/// until `swap_timeout` has passed; then the swap fails and the target stays as it was.
 pub async fn swap_in(
     pool: &PgPool,
     staging: &TableName,
     target: &TableName,
+    swap_timeout: Duration,
 ) -> anyhow::Result<Published> {
     let mut connection = pool
         .acquire()
         .await
         .context("cannot get a connection to publish")?;
+    let started = Instant::now();
+    let deadline = started + swap_timeout;
+    let mut lock_wait = FIRST_LOCK_WAIT;
+    let mut pause = FIRST_LOCK_PAUSE;
+    let mut attempt_count: u32 = 0;
+    loop {
+        attempt_count += 1;
+        let wait = lock_wait
+            .min(deadline.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1));
+        match try_swap_in(&mut connection, staging, target, wait).await {
+            Ok(published) => return Ok(published),
+            // the lock timeout itself says nothing more than the message below
+            Err(error) if is_lock_timeout(&error) => {}
+            Err(error) => return Err(error),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let blockers = describe_blockers(&mut connection, target)
+                .await
+                .unwrap_or_else(|_| "its holders cannot be seen".to_string());
+            bail!(
+                "table {target} stayed as it was: the lock to swap in the new rows was not granted within {:.1} s and {attempt_count} attempts (--swap-timeout {}); {blockers}",
+                now.duration_since(started).as_secs_f64(),
+                swap_timeout.as_secs()
+            );
+        }
+        debug!(table = %target, attempt = attempt_count, "the table is busy; retrying the swap");
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        lock_wait = (lock_wait * 2).min(MAX_LOCK_WAIT);
+        pause = (pause * 2).min(MAX_LOCK_PAUSE);
+    }
+}
+
+/// The longest the first swap attempt waits for its lock (and so holds readers up).
+pub const FIRST_LOCK_WAIT: Duration = Duration::from_millis(100);
+/// The longest any swap attempt waits for its lock.
+pub const MAX_LOCK_WAIT: Duration = Duration::from_secs(1);
+/// The first pause between two swap attempts; doubled after each.
+const FIRST_LOCK_PAUSE: Duration = Duration::from_millis(100);
+/// The longest pause between two swap attempts.
+const MAX_LOCK_PAUSE: Duration = Duration::from_secs(2);
+
+/// SQLSTATE lock_not_available: a `lock_timeout` expired.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// Whether `error` (anywhere in its chain) is a lock that was not granted in time.
+fn is_lock_timeout(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::Database(database)) if database.code().as_deref() == Some(LOCK_NOT_AVAILABLE)
+        )
+    })
+}
+
+/// Who holds a lock on `table`, from pg_locks and pg_stat_activity (for the error message).
+async fn describe_blockers(
+    connection: &mut PgConnection,
+    table: &TableName,
+) -> anyhow::Result<String> {
+    let rows = sqlx::query(
+        "SELECT l.pid, l.mode::text AS mode, a.application_name::text AS application,
+                a.state::text AS state, extract(epoch FROM now() - a.xact_start)::float8 AS seconds
+           FROM pg_locks l
+           LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+          WHERE l.relation = to_regclass($1) AND l.granted AND l.pid <> pg_backend_pid()
+          ORDER BY a.xact_start NULLS LAST
+          LIMIT 5",
+    )
+    .bind(table.quoted())
+    .fetch_all(&mut *connection)
+    .await?;
+    if rows.is_empty() {
+        return Ok("its holders have let go since or cannot be seen".to_string());
+    }
+    let holders = rows
+        .iter()
+        .map(|row| {
+            let pid: i32 = row.try_get("pid")?;
+            let mode: String = row.try_get("mode")?;
+            let application: Option<String> = row.try_get("application")?;
+            let state: Option<String> = row.try_get("state")?;
+            let seconds: Option<f64> = row.try_get("seconds")?;
+            let mut parts = vec![format!("backend pid {pid} ({mode}")];
+            if let Some(application) = application.filter(|name| !name.is_empty()) {
+                parts.push(format!("application {application:?}"));
+            }
+            if let Some(state) = state {
+                parts.push(state);
+            }
+            if let Some(seconds) = seconds {
+                parts.push(format!("in a transaction for {seconds:.0} s"));
+            }
+            Ok(format!("{})", parts.join(", ")))
+        })
+        .collect::<Result<Vec<String>, sqlx::Error>>()?;
+    Ok(format!("held by {}", holders.join(", ")))
+}
+
+/// One attempt at [`swap_in`], whose locks wait at most `lock_wait`.
+async fn try_swap_in(
+    connection: &mut PgConnection,
+    staging: &TableName,
+    target: &TableName,
+    lock_wait: Duration,
+) -> anyhow::Result<Published> {
     let mut transaction = connection.begin().await?;
     // the sessions commit asynchronously (see sink::connect); this commit is the one that
     // publishes, so it waits for its flush
     sqlx::query("SET LOCAL synchronous_commit TO on")
+        .execute(&mut *transaction)
+        .await?;
+    // for every lock of the transaction (the target's, and those on tables referencing it)
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(format!("{}ms", lock_wait.as_millis().max(1)))
         .execute(&mut *transaction)
         .await?;
     let lock = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", target.quoted());
@@ -132,26 +264,7 @@ pub async fn swap_in(
         .await
         .with_context(|| format!("cannot inspect table {target}"))?;
     if holds_identity {
-        let columns: Vec<String> = sqlx::query_scalar(
-            "SELECT quote_ident(attname) FROM pg_attribute
-              WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped
-                AND attgenerated = ''
-              ORDER BY attnum",
-        )
-        .bind(target.quoted())
-        .fetch_all(&mut *transaction)
-        .await
-        .with_context(|| format!("cannot read the columns of table {target}"))?;
-        let column_list = columns.join(", ");
-        let refill = format!(
-            "TRUNCATE {target_sql}; INSERT INTO {target_sql} ({column_list}) OVERRIDING SYSTEM VALUE SELECT {column_list} FROM {staging_sql}; DROP TABLE {staging_sql}",
-            target_sql = target.quoted(),
-            staging_sql = staging.quoted(),
-        );
-        sqlx::raw_sql(&refill)
-            .execute(&mut *transaction)
-            .await
-            .with_context(|| format!("cannot refill table {target} from the staging table"))?;
+        refill(&mut transaction, staging, target).await?;
         transaction.commit().await?;
         return Ok(Published::Refilled);
     }
@@ -213,6 +326,207 @@ pub async fn swap_in(
     transaction.commit().await?;
     info!(table = %target, "new rows swapped in");
     Ok(Published::Swapped)
+}
+
+/// A foreign key that references the target: `table (columns)` -> target `(key)`.
+#[derive(Debug, Clone)]
+struct ReferencingKey {
+    constraint: String,
+    /// The referencing table as SQL (`regclass` text: quoted and qualified where needed).
+    table: String,
+    /// Whether the target references itself; its referencing rows are then the new ones.
+    is_self_reference: bool,
+    columns: Vec<String>,
+    key: Vec<String>,
+}
+
+/// Refills the target from the staging table inside `transaction`, which holds the
+/// target's ACCESS EXCLUSIVE lock: the target keeps its identity (grants, triggers, views,
+/// foreign keys...) and ends with exactly the staging rows.
+///
+/// TRUNCATE is refused for a table that foreign keys reference, and deleting every row
+/// fails those keys before the new rows are in. So then, in the same transaction: every
+/// non-NULL key value held by a referencing row must be among the new rows (else the refill
+/// fails naming the constraint and the first missing key, the target untouched); the rows
+/// whose referenced key the new rows do not have are deleted (no row references them, so no
+/// `ON DELETE` action fires) and the new rows are upserted on that key.
+async fn refill(
+    transaction: &mut PgConnection,
+    staging: &TableName,
+    target: &TableName,
+) -> anyhow::Result<()> {
+    let columns: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT attname::text, attidentity = 'a' FROM pg_attribute
+          WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped
+            AND attgenerated = ''
+          ORDER BY attnum",
+    )
+    .bind(target.quoted())
+    .fetch_all(&mut *transaction)
+    .await
+    .with_context(|| format!("cannot read the columns of table {target}"))?;
+    let column_list: Vec<String> = columns.iter().map(|(name, _)| quote_ident(name)).collect();
+    let column_list = column_list.join(", ");
+    let (target_sql, staging_sql) = (target.quoted(), staging.quoted());
+    let referencing = referencing_keys(transaction, target).await?;
+    let Some(first) = referencing.first() else {
+        let refill = format!(
+            "TRUNCATE {target_sql}; INSERT INTO {target_sql} ({column_list}) OVERRIDING SYSTEM VALUE SELECT {column_list} FROM {staging_sql}; DROP TABLE {staging_sql}"
+        );
+        sqlx::raw_sql(&refill)
+            .execute(&mut *transaction)
+            .await
+            .with_context(|| format!("cannot refill table {target} from the staging table"))?;
+        return Ok(());
+    };
+    for reference in &referencing {
+        check_references_kept(transaction, staging, target, reference).await?;
+    }
+    // the rows are matched on one referenced key (the primary key when a foreign key uses it)
+    let key = first.key.clone();
+    let matches: Vec<String> = key
+        .iter()
+        .map(|column| {
+            let column = quote_ident(column);
+            format!("s.{column} = t.{column}")
+        })
+        .collect();
+    let updates: Vec<String> = columns
+        .iter()
+        .filter(|(name, always_identity)| !key.contains(name) && !always_identity)
+        .map(|(name, _)| {
+            let name = quote_ident(name);
+            format!("{name} = EXCLUDED.{name}")
+        })
+        .collect();
+    let key_list: Vec<String> = key.iter().map(|column| quote_ident(column)).collect();
+    let on_conflict = if updates.is_empty() {
+        format!("ON CONFLICT ({}) DO NOTHING", key_list.join(", "))
+    } else {
+        format!(
+            "ON CONFLICT ({}) DO UPDATE SET {}",
+            key_list.join(", "),
+            updates.join(", ")
+        )
+    };
+    let refill = format!(
+        "DELETE FROM {target_sql} t WHERE NOT EXISTS (SELECT 1 FROM {staging_sql} s WHERE {matches});
+         INSERT INTO {target_sql} ({column_list}) OVERRIDING SYSTEM VALUE SELECT {column_list} FROM {staging_sql} {on_conflict};
+         DROP TABLE {staging_sql}",
+        matches = matches.join(" AND ")
+    );
+    sqlx::raw_sql(&refill)
+        .execute(&mut *transaction)
+        .await
+        .with_context(|| {
+            format!("cannot refill table {target} from the staging table; the table is unchanged")
+        })?;
+    Ok(())
+}
+
+/// The foreign keys that reference `target`, the ones on its primary key first.
+async fn referencing_keys(
+    connection: &mut PgConnection,
+    target: &TableName,
+) -> anyhow::Result<Vec<ReferencingKey>> {
+    let names = |side: &str| {
+        format!(
+            "ARRAY(SELECT a.attname::text FROM unnest(con.{side}key) WITH ORDINALITY k(attnum, position)
+                     JOIN pg_attribute a ON a.attrelid = con.{side}relid AND a.attnum = k.attnum
+                    ORDER BY k.position)"
+        )
+    };
+    let sql = format!(
+        "SELECT con.conname::text, con.conrelid::regclass::text, con.conrelid = con.confrelid,
+                {}, {}
+           FROM pg_constraint con
+          WHERE con.contype = 'f' AND con.confrelid = to_regclass($1) AND con.conparentid = 0
+          ORDER BY con.confkey = (SELECT p.conkey FROM pg_constraint p
+                                   WHERE p.conrelid = con.confrelid AND p.contype = 'p') DESC NULLS LAST,
+                   con.conname",
+        names("con"),
+        names("conf")
+    );
+    let rows = sqlx::query(&sql)
+        .bind(target.quoted())
+        .fetch_all(&mut *connection)
+        .await
+        .with_context(|| format!("cannot read the foreign keys that reference table {target}"))?;
+    rows.iter()
+        .map(|row| {
+            Ok(ReferencingKey {
+                constraint: row.try_get(0)?,
+                table: row.try_get(1)?,
+                is_self_reference: row.try_get(2)?,
+                columns: row.try_get(3)?,
+                key: row.try_get(4)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .with_context(|| format!("cannot read the foreign keys that reference table {target}"))
+}
+
+/// Fails, naming the constraint and the first missing key, when a row referencing the
+/// target holds a key value that none of the new rows has.
+async fn check_references_kept(
+    connection: &mut PgConnection,
+    staging: &TableName,
+    target: &TableName,
+    reference: &ReferencingKey,
+) -> anyhow::Result<()> {
+    let referencing_table = if reference.is_self_reference {
+        staging.quoted()
+    } else {
+        reference.table.clone()
+    };
+    let not_null: Vec<String> = reference
+        .columns
+        .iter()
+        .map(|column| format!("c.{} IS NOT NULL", quote_ident(column)))
+        .collect();
+    let matches: Vec<String> = reference
+        .columns
+        .iter()
+        .zip(&reference.key)
+        .map(|(column, key)| format!("s.{} = c.{}", quote_ident(key), quote_ident(column)))
+        .collect();
+    let values: Vec<String> = reference
+        .columns
+        .iter()
+        .map(|column| format!("c.{}::text", quote_ident(column)))
+        .collect();
+    let sql = format!(
+        "SELECT ARRAY[{}] FROM {referencing_table} c
+          WHERE {} AND NOT EXISTS (SELECT 1 FROM {} s WHERE {})
+          LIMIT 1",
+        values.join(", "),
+        not_null.join(" AND "),
+        staging.quoted(),
+        matches.join(" AND ")
+    );
+    let missing: Option<Vec<String>> = sqlx::query_scalar(&sql)
+        .fetch_optional(connection)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot check foreign key {:?} of table {} against the new rows",
+                reference.constraint, reference.table
+            )
+        })?;
+    if let Some(missing) = missing {
+        let referencing = if reference.is_self_reference {
+            "a row of the file".to_string()
+        } else {
+            format!("table {}", reference.table)
+        };
+        bail!(
+            "cannot replace table {target}: foreign key {:?} of {referencing} references ({}) = ({}), which the file does not have; the table is unchanged (keep that key in the file, or delete the rows that reference it first)",
+            reference.constraint,
+            reference.key.join(", "),
+            missing.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Whether the target carries something a rename would lose or break: grants, triggers,

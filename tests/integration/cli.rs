@@ -423,8 +423,8 @@ fn unreachable_database_names_host_and_port_and_never_shows_the_password() {
             "{how}: names host:port: {line}"
         );
         assert!(
-            line.contains("docker compose"),
-            "{how}: says how to fix: {line}"
+            line.contains("is a server running on 127.0.0.1:1 and accepting TCP connections?"),
+            "{how}: says what to check: {line}"
         );
         assert!(
             !run.stderr.contains("secretpw") && !run.stdout.contains("secretpw"),

@@ -4,6 +4,7 @@
 mod cli;
 mod create_table;
 mod csv_input;
+mod database;
 mod formats;
 mod lifecycle;
 mod modes;

@@ -189,14 +189,17 @@ impl std::fmt::Debug for Run {
 
 /// Runs the binary; `database_url` is exported as DATABASE_URL when given.
 pub fn run_importer(args: &[&str], database_url: Option<&str>) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_importer"));
-    command
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env_remove("DATABASE_URL");
-    if let Some(url) = database_url {
-        command.env("DATABASE_URL", url);
-    }
+    run_importer_with_env(args, database_url, &[])
+}
+
+/// Runs the binary with `environment` set on top (PGHOST, RUST_LOG, ...). The test's own
+/// DATABASE_URL and PG* variables never reach it, so runs stay hermetic.
+pub fn run_importer_with_env(
+    args: &[&str],
+    database_url: Option<&str>,
+    environment: &[(&str, &str)],
+) -> Run {
+    let mut command = importer_command(args, database_url, environment);
     let Output {
         status,
         stdout,
@@ -207,6 +210,27 @@ pub fn run_importer(args: &[&str], database_url: Option<&str>) -> Run {
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     }
+}
+
+/// The command [`run_importer_with_env`] runs, for tests that spawn it and act meanwhile.
+pub fn importer_command(
+    args: &[&str],
+    database_url: Option<&str>,
+    environment: &[(&str, &str)],
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_importer"));
+    command
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("DATABASE_URL");
+    for name in importer::sink::conninfo::PG_ENVIRONMENT {
+        command.env_remove(name);
+    }
+    if let Some(url) = database_url {
+        command.env("DATABASE_URL", url);
+    }
+    command.envs(environment.iter().copied());
+    command
 }
 
 /// A committed fixture under tests/fixtures/.
