@@ -1,6 +1,7 @@
 //! Command-line surface: clap derive types and their defaults, nothing else.
 //!
-//! Owns the flags of `../shared/CONTRACT.md`; `cmd::*` turns them into work. No I/O here.
+//! Owns the flags of the contract (README's "Commands"); `cmd::*` turns them into work.
+//! No I/O here.
 
 use std::path::PathBuf;
 
@@ -16,6 +17,10 @@ pub struct Cli {
     /// Log more on stderr (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Only warnings and errors on stderr, and no progress; RUST_LOG overrides
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
 
     /// Log format on stderr: text for people, json (one object per line) for log shippers
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -36,6 +41,18 @@ pub enum Command {
     Generate(GenerateArgs),
     /// List past runs from the run ledger (importer.runs)
     History(HistoryArgs),
+    /// Print a shell completion script on stdout (e.g. importer completions bash > /etc/bash_completion.d/importer)
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) on stdout (e.g. importer man | man -l -)
+    Man,
+}
+
+/// `importer completions`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// How rows are written to PostgreSQL.

@@ -17,7 +17,7 @@ use super::record::RunRecord;
 use super::{Outcome, Signal, wait_for_signal};
 use crate::cli::{ImportArgs, Method, RunArgs};
 use crate::job::ImportJob;
-use crate::progress::{Progress, RowCounter};
+use crate::progress::{self, Progress, RowCounter};
 use crate::rejects::RejectLog;
 use crate::schema::{
     Column, InferredType, TypeInference, default_table_name, fold_header_row, map_header,
@@ -94,7 +94,7 @@ async fn import(args: RunArgs, record: &mut RunRecord) -> anyhow::Result<Outcome
     let cancel = CancellationToken::new();
     let rejects = RejectLog::create(
         args.rejects.as_deref(),
-        &prepared.header.cells,
+        &prepared.header,
         args.max_errors,
         cancel.clone(),
     )?;
@@ -208,6 +208,7 @@ pub async fn run_job(
             _ = ticks.tick() => progress.update(job.progress.get()),
             received = wait_for_signal(), if signal.is_none() => {
                 let received = received?;
+                progress.clear();
                 warn!(signal = received.name(), "stopping: no more rows are read; rows already read are finished");
                 signal = Some(received);
                 cancel.cancel();
@@ -263,21 +264,33 @@ pub async fn prepare(args: &ImportArgs) -> anyhow::Result<Prepared> {
 pub async fn infer_types(prepared: &Prepared) -> anyhow::Result<Vec<InferredType>> {
     let source = prepared.source.clone();
     let width = prepared.header.cells.len();
-    blocking(move || {
+    let expected_rows = prepared.header.declared_row_count;
+    info!(total_rows = expected_rows, "inferring column types");
+    let counter = Arc::new(RowCounter::default());
+    let counted = Arc::clone(&counter);
+    let inferring = blocking(move || {
         let mut inference = TypeInference::new(width);
         let mut is_header = true;
+        let mut uncounted = 0;
         read_rows(&source, &mut |row| {
             if is_header {
                 is_header = false;
             } else {
                 inference.observe_row(&row.cells);
+                uncounted += 1;
+                if uncounted == INFERENCE_COUNT_ROWS {
+                    counted.add(std::mem::take(&mut uncounted));
+                }
             }
             ControlFlow::Continue(())
         })?;
         Ok(inference.finish())
-    })
-    .await
+    });
+    progress::track("inferring column types", expected_rows, &counter, inferring).await
 }
+
+/// Rows the inference pass reads between two updates of its progress counter.
+const INFERENCE_COUNT_ROWS: u64 = 1024;
 
 /// Creates `name` with one column per header cell and the given types, and reads it back.
 pub async fn create_table(
