@@ -293,7 +293,25 @@ pub struct GenerateArgs {
     pub inline_strings: bool,
 
     /// Output workbook (.xlsx) or CSV (.csv) path
+    #[arg(value_parser = parse_generate_out)]
     pub out: PathBuf,
+}
+
+/// `generate`'s OUT: .xlsx or .csv, refused (a usage error, before anything is written)
+/// otherwise, rather than writing one format under another's name.
+fn parse_generate_out(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    let extension = path
+        .extension()
+        .map(|extension| extension.to_string_lossy().to_ascii_lowercase());
+    match extension.as_deref() {
+        Some("xlsx" | "csv") => Ok(path),
+        Some("ods") => Err(
+            "generate writes .xlsx or .csv, not .ods; write .xlsx and convert it (soffice --headless --convert-to ods FILE.xlsx)"
+                .to_string(),
+        ),
+        _ => Err("OUT must end in .xlsx or .csv".to_string()),
+    }
 }
 
 fn parse_fraction(text: &str) -> Result<f64, String> {

@@ -383,11 +383,20 @@ mod tests {
     fn reasons_without_value_keep_what_went_wrong_and_drop_the_cell() {
         let cases = [
             ("not an integer: 3.5", "not an integer"),
-            ("not a date (YYYY-MM-DD): 2024-13-01", "not a date (YYYY-MM-DD)"),
+            (
+                "not a date (YYYY-MM-DD): 2024-13-01",
+                "not a date (YYYY-MM-DD)",
+            ),
             ("not an integer: a: b \"c\"", "not an integer"),
             ("excel error #DIV/0!", "excel error #DIV/0!"),
-            ("null value in NOT NULL column", "null value in NOT NULL column"),
-            ("superseded by row 4 (same key)", "superseded by row 4 (same key)"),
+            (
+                "null value in NOT NULL column",
+                "null value in NOT NULL column",
+            ),
+            (
+                "superseded by row 4 (same key)",
+                "superseded by row 4 (same key)",
+            ),
             (
                 "duplicate key value violates unique constraint \"people_email_key\"",
                 "duplicate key value violates unique constraint \"people_email_key\"",

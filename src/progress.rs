@@ -172,11 +172,7 @@ impl Progress {
                 let percent = (row_count.saturating_mul(100) / total_rows).min(100);
                 info!(
                     phase = self.phase,
-                    row_count,
-                    total_rows,
-                    percent,
-                    rows_per_second,
-                    "progress"
+                    row_count, total_rows, percent, rows_per_second, "progress"
                 );
             }
             _ => info!(phase = self.phase, row_count, rows_per_second, "progress"),

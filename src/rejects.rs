@@ -233,7 +233,8 @@ fn looks_like_a_cell(name: &str) -> bool {
             },
             None => (None, upper.strip_prefix('C')),
         };
-        let digits = |part: Option<&str>| part.is_none_or(|part| part.chars().all(|ch| ch.is_ascii_digit()));
+        let digits =
+            |part: Option<&str>| part.is_none_or(|part| part.chars().all(|ch| ch.is_ascii_digit()));
         (row.is_some() || column.is_some()) && digits(row) && digits(column)
     };
     a1 || r1c1
