@@ -20,12 +20,23 @@ pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<Outcome> {
     Ok(Outcome::AllIn)
 }
 
-/// Writes the manual page, in roff, on stdout.
+/// Writes the manual page, in roff, on stdout: the program's page, then the synopsis,
+/// description and options of each subcommand, so one page holds every flag.
 pub fn man_page() -> anyhow::Result<Outcome> {
+    let command = Cli::command();
     let mut page = Vec::new();
-    clap_mangen::Man::new(Cli::command())
+    let context = || "cannot render the manual page";
+    clap_mangen::Man::new(command.clone())
         .render(&mut page)
-        .context("cannot render the manual page")?;
+        .with_context(context)?;
+    for subcommand in command.get_subcommands() {
+        let name = format!("importer {}", subcommand.get_name());
+        let man = clap_mangen::Man::new(subcommand.clone().bin_name(name));
+        man.render_synopsis_section(&mut page)
+            .and_then(|()| man.render_description_section(&mut page))
+            .and_then(|()| man.render_options_section(&mut page))
+            .with_context(context)?;
+    }
     write_stdout(&page)?;
     Ok(Outcome::AllIn)
 }

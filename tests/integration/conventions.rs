@@ -568,7 +568,15 @@ fn completions_and_the_man_page_are_printed_on_stdout() {
     let run = run_importer(&["man"], None);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains(".TH importer 1"), "{run:?}");
-    for section in [".SH NAME", ".SH SYNOPSIS", "completions", "generate"] {
+    for section in [
+        ".SH NAME",
+        ".SH SYNOPSIS",
+        "completions",
+        "generate",
+        "importer run",
+        "rejects",
+        "inline\\-strings",
+    ] {
         assert!(run.stdout.contains(section), "{section}\n{run:?}");
     }
 }
