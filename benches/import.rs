@@ -80,7 +80,7 @@ fn benches(criterion: &mut Criterion) {
                         admin.execute(truncate.as_str()).await.expect("truncate");
                         let cancel = CancellationToken::new();
                         let rejects = Arc::new(
-                            RejectLog::create(None, &prepared.header.cells, None, cancel.clone())
+                            RejectLog::create(None, &prepared.header, None, cancel.clone())
                                 .expect("rejects log"),
                         );
                         let job =

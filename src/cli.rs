@@ -1,6 +1,7 @@
 //! Command-line surface: clap derive types and their defaults, nothing else.
 //!
-//! Owns the flags of `../shared/CONTRACT.md`; `cmd::*` turns them into work. No I/O here.
+//! Owns the flags of the contract (README's "Commands"); `cmd::*` turns them into work.
+//! No I/O here.
 
 use std::path::PathBuf;
 
@@ -18,6 +19,10 @@ pub struct Cli {
     /// Log more on stderr (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Only warnings and errors on stderr, and no progress; RUST_LOG overrides
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
 
     /// Log format on stderr: text for people, json (one object per line) for log shippers
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -38,6 +43,18 @@ pub enum Command {
     Generate(GenerateArgs),
     /// List past runs from the run ledger (importer.runs, or --ledger-schema's runs)
     History(HistoryArgs),
+    /// Print a shell completion script on stdout (e.g. importer completions bash > /etc/bash_completion.d/importer)
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) on stdout (e.g. importer man | man -l -)
+    Man,
+}
+
+/// `importer completions`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// How rows are written to PostgreSQL.
@@ -361,7 +378,25 @@ pub struct GenerateArgs {
     pub inline_strings: bool,
 
     /// Output workbook (.xlsx) or CSV (.csv) path
+    #[arg(value_parser = parse_generate_out)]
     pub out: PathBuf,
+}
+
+/// `generate`'s OUT: .xlsx or .csv, refused (a usage error, before anything is written)
+/// otherwise, rather than writing one format under another's name.
+fn parse_generate_out(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    let extension = path
+        .extension()
+        .map(|extension| extension.to_string_lossy().to_ascii_lowercase());
+    match extension.as_deref() {
+        Some("xlsx" | "csv") => Ok(path),
+        Some("ods") => Err(
+            "generate writes .xlsx or .csv, not .ods; write .xlsx and convert it (soffice --headless --convert-to ods FILE.xlsx)"
+                .to_string(),
+        ),
+        _ => Err("OUT must end in .xlsx or .csv".to_string()),
+    }
 }
 
 fn parse_fraction(text: &str) -> Result<f64, String> {
@@ -468,7 +503,10 @@ impl Cli {
                 &args.import
             }
             Command::Bench(args) => &args.import,
-            Command::Generate(_) | Command::History(_) => return Ok(()),
+            Command::Generate(_)
+            | Command::History(_)
+            | Command::Completions(_)
+            | Command::Man => return Ok(()),
         };
         match import.usage_error() {
             Some(message) => {

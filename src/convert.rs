@@ -15,12 +15,43 @@ pub type Value = Option<String>;
 
 /// Why a row was refused: the column at fault (empty when the server refused the whole row)
 /// and a short, stable reason.
+///
+/// A reason that quotes the cell puts the quote after its first `": "` (`not an integer:
+/// 3.5`), as PostgreSQL's own messages do (`invalid input syntax for type inet: "x"`);
+/// [`Rejection::reason_without_value`] relies on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     /// The target column's name, or empty when no single column is at fault.
     pub column: String,
     /// Short reason, e.g. `not an integer: 3.5`.
     pub reason: String,
+}
+
+impl Rejection {
+    /// The reason with no cell value in it, for the logs (cell values go only to the
+    /// rejects file): `not an integer` for `not an integer: 3.5`. A server message keeps
+    /// the constraint it names (`duplicate key value violates unique constraint
+    /// "people_email_key"`: PostgreSQL puts the values of such errors in DETAIL, which is
+    /// not part of the reason); without a constraint, double-quoted parts are dropped too,
+    /// since the server quotes values there (`value "99999999999" is out of range for
+    /// type integer`).
+    pub fn reason_without_value(&self) -> String {
+        let what = match self.reason.split_once(": ") {
+            Some((what, _value)) => what,
+            None => self.reason.as_str(),
+        };
+        if what.contains(" constraint \"") || !what.contains('"') {
+            return what.to_string();
+        }
+        let mut kept = String::with_capacity(what.len());
+        for (index, part) in what.split('"').enumerate() {
+            // odd parts are inside quotes
+            if index % 2 == 0 {
+                kept.push_str(part);
+            }
+        }
+        kept.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
 }
 
 /// Longest cell excerpt quoted in a rejection reason, in characters.
@@ -345,6 +376,50 @@ mod tests {
                     reason: reason.to_string(),
                 });
             assert_eq!(got, expected, "{column_type:?} <- {cell:?}");
+        }
+    }
+
+    #[test]
+    fn reasons_without_value_keep_what_went_wrong_and_drop_the_cell() {
+        let cases = [
+            ("not an integer: 3.5", "not an integer"),
+            (
+                "not a date (YYYY-MM-DD): 2024-13-01",
+                "not a date (YYYY-MM-DD)",
+            ),
+            ("not an integer: a: b \"c\"", "not an integer"),
+            ("excel error #DIV/0!", "excel error #DIV/0!"),
+            (
+                "null value in NOT NULL column",
+                "null value in NOT NULL column",
+            ),
+            (
+                "superseded by row 4 (same key)",
+                "superseded by row 4 (same key)",
+            ),
+            (
+                "duplicate key value violates unique constraint \"people_email_key\"",
+                "duplicate key value violates unique constraint \"people_email_key\"",
+            ),
+            (
+                "new row for relation \"people\" violates check constraint \"age_not_negative\"",
+                "new row for relation \"people\" violates check constraint \"age_not_negative\"",
+            ),
+            (
+                "invalid input syntax for type inet: \"10.0.0.999\"",
+                "invalid input syntax for type inet",
+            ),
+            (
+                "value \"99999999999\" is out of range for type integer",
+                "value is out of range for type integer",
+            ),
+        ];
+        for (reason, expected) in cases {
+            let rejection = Rejection {
+                column: "c".to_string(),
+                reason: reason.to_string(),
+            };
+            assert_eq!(rejection.reason_without_value(), expected, "{reason}");
         }
     }
 

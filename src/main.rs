@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use importer::cli::{Cli, Command, LogFormat};
 use importer::cmd::{self, Outcome};
+use importer::progress::{self, DisplaySettings};
 use tracing_subscriber::EnvFilter;
 
 // The reader allocates a string per cell and the writers free them on other threads:
@@ -19,7 +20,9 @@ fn main() -> ExitCode {
         error.exit(); // 2, as clap's own: before any file, connection or ledger row
     }
     let log_format = cli.log_format;
-    init_logging(cli.verbose, log_format);
+    let display = DisplaySettings::detect(cli.quiet);
+    progress::configure(display);
+    init_logging(cli.verbose, display, log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -35,6 +38,8 @@ fn main() -> ExitCode {
             Command::Bench(args) => cmd::bench::run(args).await,
             Command::Generate(args) => cmd::generate::run(&args),
             Command::History(args) => cmd::history::run(args).await,
+            Command::Completions(args) => cmd::manual::completions(args.shell),
+            Command::Man => cmd::manual::man_page(),
         }
     });
     // a file reader stopped by a signal may still be inside a read: everything that counts
@@ -105,8 +110,9 @@ fn error_line(error: &anyhow::Error) -> String {
     parts.join(": ").replace(['\n', '\r'], " ")
 }
 
-fn init_logging(verbose: u8, format: LogFormat) {
+fn init_logging(verbose: u8, display: DisplaySettings, format: LogFormat) {
     let default_level = match verbose {
+        0 if display.quiet => "warn",
         0 => "info",
         1 => "debug",
         _ => "trace",
@@ -115,8 +121,8 @@ fn init_logging(verbose: u8, format: LogFormat) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_writer(progress::LogWriter)
+        .with_ansi(display.color);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

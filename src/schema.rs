@@ -103,8 +103,9 @@ pub fn fold_header(cell: &str) -> String {
     folded
 }
 
-/// The default table name: the file's stem, lowercased, runs outside [a-z0-9_] folded to '_'
-/// (contract: "Q3 Sales.xlsx" -> q3_sales).
+/// The default table name: the file's stem, lowercased, runs outside [a-z0-9_] folded to '_',
+/// and '_' trimmed from both ends as header folding does ("Q3 Sales (final).xlsx" ->
+/// q3_sales_final). Empty when nothing of the stem survives: the caller asks for --table.
 pub fn default_table_name(path: &Path) -> String {
     let stem = path
         .file_stem()
@@ -121,7 +122,7 @@ pub fn default_table_name(path: &Path) -> String {
             in_run = true;
         }
     }
-    name
+    name.trim_matches('_').to_string()
 }
 
 /// Checks the header cells and folds them: fatal on an empty cell inside the header's width
@@ -398,7 +399,12 @@ mod tests {
             ("dir/businesses.xlsx", "businesses"),
             ("My  Report--2024.ods", "my_report_2024"),
             ("already_ok.csv", "already_ok"),
-            ("Ünïcode.xlsx", "_n_code"),
+            ("Ünïcode.xlsx", "n_code"),
+            ("Q3 Sales (final).xlsx", "q3_sales_final"),
+            ("(draft) report.csv", "draft_report"),
+            ("__private__.csv", "private"),
+            ("---.csv", ""),
+            ("Ärger.xlsx", "rger"),
         ];
         for (path, expected) in cases {
             assert_eq!(default_table_name(Path::new(path)), expected, "{path}");

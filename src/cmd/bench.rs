@@ -139,7 +139,7 @@ async fn measure(
     let cancel = CancellationToken::new();
     let rejects = Arc::new(RejectLog::create(
         None,
-        &prepared.header.cells,
+        &prepared.header,
         None,
         cancel.clone(),
     )?);

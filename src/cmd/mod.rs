@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod generate;
 pub mod history;
+pub mod manual;
 pub mod mode;
 pub mod record;
 pub mod run;

@@ -17,7 +17,7 @@ use super::record::{self, RunRecord};
 use super::{Outcome, Signal, SignalListener};
 use crate::cli::{ImportArgs, Method, RunArgs};
 use crate::job::ImportJob;
-use crate::progress::{Progress, RowCounter};
+use crate::progress::{self, Progress, RowCounter};
 use crate::rejects::RejectLog;
 use crate::schema::{
     Column, InferredType, TypeInference, default_table_name, fold_header_row, map_header,
@@ -141,7 +141,7 @@ async fn import(
     let cancel = CancellationToken::new();
     let rejects = RejectLog::create(
         args.rejects.as_deref(),
-        &prepared.header.cells,
+        &prepared.header,
         args.max_errors,
         cancel.clone(),
     )?;
@@ -347,6 +347,7 @@ async fn run_job_until_signal(
             }
             _ = ticks.tick() => progress.update(job.progress.get()),
             received = signals.recv(), if signal.is_none() => {
+                progress.clear();
                 warn!(signal = received.name(), "stopping: no more rows are read; rows already read are finished");
                 signal = Some(received);
                 cancel.cancel();
@@ -447,10 +448,14 @@ async fn infer_types_until(
 ) -> anyhow::Result<Vec<InferredType>> {
     let source = prepared.source.clone();
     let width = prepared.header.cells.len();
-    info!(table = %prepared.table_name, "the table does not exist: inferring its column types over every row");
-    blocking(move || {
+    let expected_rows = prepared.header.declared_row_count;
+    info!(table = %prepared.table_name, total_rows = expected_rows, "the table does not exist: inferring column types over every row");
+    let counter = Arc::new(RowCounter::default());
+    let counted = Arc::clone(&counter);
+    let inferring = blocking(move || {
         let mut inference = TypeInference::new(width);
         let mut is_header = true;
+        let mut uncounted = 0;
         read_rows(&source, &mut |row| {
             if stop.is_cancelled() {
                 return ControlFlow::Break(());
@@ -460,13 +465,20 @@ async fn infer_types_until(
             } else if row.rejection.is_none() {
                 // an unreadable row is rejected, so it says nothing of the column types
                 inference.observe_row(&row.cells);
+                uncounted += 1;
+                if uncounted == INFERENCE_COUNT_ROWS {
+                    counted.add(std::mem::take(&mut uncounted));
+                }
             }
             ControlFlow::Continue(())
         })?;
         Ok(inference.finish())
-    })
-    .await
+    });
+    progress::track("inferring column types", expected_rows, &counter, inferring).await
 }
+
+/// Rows the inference pass reads between two updates of its progress counter.
+const INFERENCE_COUNT_ROWS: u64 = 1024;
 
 /// Creates `name` with one column per header cell and the given types, and reads it back.
 pub async fn create_table(

@@ -437,7 +437,8 @@ const CELL_ERROR_FIXTURES: [&str; 6] = [
     "cell_errors_libreoffice.ods",
 ];
 
-/// The rejects file as (row_number, column, reason) lines, header checked.
+/// The rejects file as (row_number, column, reason) lines, header checked; the cell
+/// reference that ends each reason (`(Sheet1!C3)`, checked in conventions.rs) is cut off.
 fn read_rejects(path: &Path) -> Vec<(String, String, String)> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -456,10 +457,14 @@ fn read_rejects(path: &Path) -> Vec<(String, String, String)> {
         .records()
         .map(|record| {
             let record = record.expect("rejects lines are CSV");
+            let reason = match record[2].rsplit_once(" (") {
+                Some((reason, reference)) if reference.contains('!') => reason,
+                _ => panic!("the reason ends with a cell reference: {:?}", &record[2]),
+            };
             (
                 record[0].to_string(),
                 record[1].to_string(),
-                record[2].to_string(),
+                reason.to_string(),
             )
         })
         .collect()

@@ -2,6 +2,7 @@
 //! (see util.rs). Run with `DATABASE_URL=postgres://USER@HOST:PORT/DB cargo test`.
 
 mod cli;
+mod conventions;
 mod create_table;
 mod csv_input;
 mod database;

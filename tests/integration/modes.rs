@@ -217,7 +217,8 @@ fn upsert_updates_existing_keys_inserts_new_ones_and_the_later_duplicate_wins() 
             );
             let rejected = std::fs::read_to_string(&rejects).unwrap();
             assert!(
-                rejected.contains("2,email,superseded by row 4 (same key),a@x,Ann,30"),
+                rejected
+                    .contains("2,email,superseded by row 4 (same key) (people.csv!A2),a@x,Ann,30"),
                 "{label}\n{rejected}"
             );
         }
