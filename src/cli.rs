@@ -193,6 +193,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub skip_unchanged: bool,
 
+    /// Continue after the rows that earlier failed, cancelled or dead runs of the same
+    /// content put in the table, so each row is in once (implied by --skip-unchanged)
+    #[arg(long)]
+    pub resume: bool,
+
     /// Wait up to SECONDS for another run on the same table to finish (default: fail at once)
     #[arg(long, value_name = "SECONDS")]
     pub wait_lock: Option<u64>,

@@ -3,7 +3,8 @@
 //!
 //! [`RunRecord::begin`] is called once the table's name is known and before anything is
 //! written: it takes the lock, and either records a skipped run or inserts the run as
-//! `running`. [`RunRecord::keep_stats`] is called where the stats are printed, and
+//! `running`. [`RunRecord::keep_stats`] records the outcome and stats just before the stats
+//! are printed (a process killed after printing them leaves no `running` row), and
 //! [`RunRecord::finish`] with whatever the import returned, so that every ending after the
 //! start (success, rejected rows, an error, --max-errors, a signal) reaches the ledger. The
 //! lock is released only after that, so a waiting run's `--skip-unchanged` sees the outcome.
@@ -11,18 +12,24 @@
 //! `sink::lock` and `sink::ledger`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use serde::Serialize;
 use sqlx::PgPool;
 use tracing::{debug, info, warn};
 
 use super::Outcome;
+use super::mode::WritePlan;
 use super::run::Prepared;
-use crate::cli::{OutputFormat, RunArgs};
+use crate::cli::{Mode, OutputFormat, RunArgs};
+use crate::job::ImportJob;
+use crate::sink::TableName;
+use crate::sink::chunks::{self, ChunkLedger, CommittedRows};
 use crate::sink::ledger::{self, RunOutcome, RunStart};
 use crate::sink::lock::TableLock;
+use crate::sink::staging;
 use crate::stats::{ImportStats, print_report};
 
 /// The bookkeeping of one `importer run`.
@@ -32,6 +39,8 @@ pub struct RunRecord {
     /// The ledger's pool and the run's id, once the run is recorded as running.
     entry: Option<(PgPool, i64)>,
     stats: Option<ImportStats>,
+    /// Resuming: the rows earlier runs of the same content put in the table.
+    already_in: Option<Arc<CommittedRows>>,
 }
 
 /// What `--skip-unchanged` prints, on stdout and in `--summary`, instead of the stats.
@@ -55,6 +64,7 @@ impl RunRecord {
             lock: None,
             entry: None,
             stats: None,
+            already_in: None,
         }
     }
 
@@ -69,12 +79,21 @@ impl RunRecord {
         if args.dry_run {
             return Ok(None);
         }
+        let staged = args.mode == Mode::Replace || args.atomic;
+        if args.resume && staged {
+            bail!(
+                "--resume cannot be combined with --atomic or --mode replace: those runs leave no rows behind to resume from"
+            );
+        }
         let file = ledger::fingerprint(&args.import.file).await?;
         let wait = args.wait_lock.map(Duration::from_secs);
-        let lock = TableLock::acquire(&prepared.pool, &prepared.table_name, wait).await?;
+        let mut lock = TableLock::acquire(&prepared.pool, &prepared.table_name, wait).await?;
         let table = lock.table().clone();
+        let (lock_key, lock_pid) = (lock.key(), lock.backend_pid().await?);
         self.lock = Some(lock);
         ledger::create_ledger(&prepared.pool).await?;
+        chunks::create_chunk_ledger(&prepared.pool).await?;
+        bury_dead_runs(&prepared.pool, &table).await?;
         let start = RunStart {
             file: &file,
             sheet: &prepared.header.sheet_name,
@@ -122,15 +141,101 @@ impl RunRecord {
             return Ok(Some(Outcome::AllIn));
         }
         let run_id = ledger::insert_run(&prepared.pool, &start, RunOutcome::Running, None).await?;
+        chunks::take_fence(&prepared.pool, run_id, &table, lock_key, lock_pid).await?;
+        if (args.resume || args.skip_unchanged) && !staged {
+            self.resume(
+                &prepared.pool,
+                run_id,
+                &table,
+                &file.sha256,
+                &prepared.header.sheet_name,
+            )
+            .await?;
+        }
         debug!(table = %table, run_id, sha256 = %file.sha256, "run started in the ledger");
         self.entry = Some((prepared.pool.clone(), run_id));
         Ok(None)
     }
 
-    /// Keeps the stats for the ledger and writes them to `--summary`: called where they are
-    /// printed, so the file exists whenever stdout has the stats (early stops included).
-    pub async fn keep_stats(&mut self, stats: &ImportStats) -> anyhow::Result<()> {
+    /// Tells the job where its writers record their chunks (nothing unless the run is
+    /// recorded as running: not for `--dry-run` or a skipped run) and, when resuming, which
+    /// rows are already in.
+    pub fn attach_to(&self, job: &mut ImportJob, connect_timeout: Duration) {
+        job.chunk_ledger = self.entry.as_ref().map(|&(_, run_id)| ChunkLedger {
+            run_id,
+            connect_timeout,
+        });
+        job.already_in = self.already_in.clone();
+    }
+
+    /// Resumes run `run_id` after what earlier unfinished runs of the same content put in
+    /// `table` (see `sink::chunks::committed_rows`), if they put anything.
+    async fn resume(
+        &mut self,
+        pool: &PgPool,
+        run_id: i64,
+        table: &TableName,
+        sha256: &str,
+        sheet: &str,
+    ) -> anyhow::Result<()> {
+        let done = chunks::committed_rows(pool, table, sha256, sheet).await?;
+        let Some(&resumed_run_id) = done.run_ids().last() else {
+            return Ok(());
+        };
+        chunks::record_resumed(pool, run_id, resumed_run_id).await?;
+        let run_ids: Vec<String> = done.run_ids().iter().map(i64::to_string).collect();
+        info!(
+            table = %table,
+            row_count = done.row_count(),
+            runs = %run_ids.join(", "),
+            "resuming: rows that earlier runs of this content committed are skipped"
+        );
+        self.already_in = Some(Arc::new(done));
+        Ok(())
+    }
+
+    /// Gives up recording this run: the server could not be reached again after the
+    /// connection was lost, and each ledger write would only wait for it in vain. The run stays
+    /// `running` until the next run on the table records it as `died`.
+    pub fn forget_server(&mut self) {
+        if let Some((_, run_id)) = self.entry.take() {
+            warn!(
+                run_id,
+                "the server is out of reach: the run stays running in the ledger until the next run on the table records it as died"
+            );
+        }
+    }
+
+    /// Keeps the staging table of `plan` in the run's ledger row, so that the next run on the
+    /// table drops it should this one die.
+    pub async fn keep_staging(&self, plan: &WritePlan) -> anyhow::Result<()> {
+        let (
+            Some((pool, run_id)),
+            WritePlan::Replace { staging, .. } | WritePlan::Publish { staging, .. },
+        ) = (&self.entry, plan)
+        else {
+            return Ok(());
+        };
+        chunks::record_staging(pool, *run_id, staging).await
+    }
+
+    /// Records the stats and the outcome they stand for in the ledger, and writes them to
+    /// `--summary`: called just before they are printed, so that a process killed right after
+    /// printing them leaves its outcome behind (a later `--skip-unchanged` sees it), and the
+    /// file exists whenever stdout has the stats (early stops included). [`RunRecord::finish`]
+    /// records the final word, with the error line.
+    pub async fn keep_stats(
+        &mut self,
+        stats: &ImportStats,
+        outcome: RunOutcome,
+    ) -> anyhow::Result<()> {
         self.stats = Some(stats.clone());
+        if let Some((pool, run_id)) = &self.entry
+            && let Err(error) = ledger::finish_run(pool, *run_id, outcome, Some(stats), None).await
+        {
+            // the stats still print; `finish` records the outcome again and fails if it cannot
+            warn!(error = %format!("{error:#}"), "cannot record the outcome before printing the stats");
+        }
         self.write_summary(serde_json::to_string(stats)?).await
     }
 
@@ -209,6 +314,19 @@ impl RunRecord {
         .await
         .context("the summary writer panicked")?
     }
+}
+
+/// Marks `died` the earlier runs into `table` that are still `running` with their process
+/// gone, and drops the staging tables they left. The caller holds the table's lock.
+async fn bury_dead_runs(pool: &PgPool, table: &TableName) -> anyhow::Result<()> {
+    for dead in chunks::bury_dead_runs(pool, table).await? {
+        warn!(table = %table, run_id = dead.run_id, "an earlier run on this table ended without recording its outcome; recorded it as died");
+        if let Some(staging) = &dead.staging {
+            staging::discard(pool, staging).await?;
+            info!(table = %table, staging = %staging, run_id = dead.run_id, "dropped the staging table the dead run left");
+        }
+    }
+    Ok(())
 }
 
 /// The file's name without its directory, as the stats' `file` shows it.

@@ -5,7 +5,7 @@
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use sqlx::PgPool;
@@ -22,6 +22,7 @@ use crate::rejects::RejectLog;
 use crate::schema::{
     Column, InferredType, TypeInference, default_table_name, fold_header_row, map_header,
 };
+use crate::sink::ledger::RunOutcome;
 use crate::sink::{self, TableName, TargetTable};
 use crate::source::{Header, SourceSpec, read_header, read_rows};
 use crate::stats::{ImportStats, RunShape};
@@ -107,10 +108,12 @@ async fn import(args: RunArgs, record: &mut RunRecord) -> anyhow::Result<Outcome
         Arc::clone(&rejects),
         cancel,
     )?;
+    record.attach_to(&mut job, Duration::from_secs(args.import.connect_timeout));
     let plan = match args.dry_run {
         true => WritePlan::Direct,
         false => mode::prepare(&mut job, args.mode, args.atomic, &args.key).await?,
     };
+    record.keep_staging(&plan).await?;
     let (pool, columns) = (job.pool.clone(), job.columns.clone());
     let shape = RunShape::new(args.method, &args.import.file, &table_name, &job);
     info!(
@@ -124,6 +127,9 @@ async fn import(args: RunArgs, record: &mut RunRecord) -> anyhow::Result<Outcome
     );
 
     let (mut report, signal) = run_job(args.method, job, args.dry_run).await?;
+    if report.unconfirmed.is_some() {
+        record.forget_server();
+    }
     let rejects_written = rejects.finish();
     let limit_passed = rejects.limit_passed();
     let complete = report.error.is_none() && signal.is_none() && !limit_passed;
@@ -141,8 +147,14 @@ async fn import(args: RunArgs, record: &mut RunRecord) -> anyhow::Result<Outcome
     }
     let complete = complete && report.error.is_none();
     let stats = ImportStats::new(&shape, report.tally, started.elapsed(), complete)?;
+    let outcome = outcome_of(
+        report.error.is_some() || rejects_written.is_err(),
+        signal.is_some(),
+        complete,
+        &stats,
+    );
+    record.keep_stats(&stats, outcome).await?; // the ledger and --summary, before stdout
     stats.print(args.format)?;
-    record.keep_stats(&stats).await?; // --summary and the ledger's copy
     info!(
         table = %table_name,
         total_records = stats.total_records,
@@ -151,10 +163,16 @@ async fn import(args: RunArgs, record: &mut RunRecord) -> anyhow::Result<Outcome
         duration_seconds = stats.duration_seconds,
         "import finished"
     );
-    let written = format!(
-        "{} rows are in table {table_name} from this run, {} rejected",
-        stats.success_count, stats.error_count
-    );
+    let written = match report
+        .unconfirmed
+        .filter(|_| matches!(plan, WritePlan::Direct))
+    {
+        Some(at_most) => unconfirmed_rows(&stats, at_most, &table_name),
+        None => format!(
+            "{} rows are in table {table_name} from this run, {} rejected",
+            stats.success_count, stats.error_count
+        ),
+    };
     if let Some(error) = report.error {
         return Err(error.context(format!("import stopped early; {written}")));
     }
@@ -174,6 +192,31 @@ async fn import(args: RunArgs, record: &mut RunRecord) -> anyhow::Result<Outcome
     } else {
         Outcome::AllIn
     })
+}
+
+/// The ledger outcome the stats stand for, as [`super::record::RunRecord::finish`] will
+/// record it from the run's result.
+fn outcome_of(failed: bool, interrupted: bool, complete: bool, stats: &ImportStats) -> RunOutcome {
+    if failed {
+        RunOutcome::Failed
+    } else if interrupted {
+        RunOutcome::Cancelled
+    } else if !complete {
+        RunOutcome::Failed // --max-errors passed
+    } else if stats.error_count > 0 {
+        RunOutcome::RejectedRows
+    } else {
+        RunOutcome::Succeeded
+    }
+}
+
+/// What a run that lost the server for good can say of its rows (its stats say the lower
+/// figure): those confirmed durable, and those whose commit the server had acknowledged.
+fn unconfirmed_rows(stats: &ImportStats, at_most: u64, table: &TableName) -> String {
+    format!(
+        "at least {} rows are in table {table} (confirmed), at most {at_most}; {} rejected; the server could not be reached again within --connect-timeout to count them exactly",
+        stats.success_count, stats.error_count
+    )
 }
 
 /// Runs a job to its end (with `dry_run`, converting only). A first Ctrl-C or SIGTERM cancels it: the reader stops, rows
@@ -326,6 +369,8 @@ pub fn build_job(
         key_positions: Vec::new(),
         conflict: None,
         progress: RowCounter::default(),
+        chunk_ledger: None,
+        already_in: None,
         cancel,
     })
 }

@@ -6,10 +6,11 @@
 //! columns take them uncast, so varchar(n) still refuses a value that is too long. A NOT NULL
 //! column with a default falls back to the default when its value is NULL.
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Row};
 
 use crate::pipeline::ConvertedRow;
 use crate::schema::Column;
+use crate::sink::chunks::ChunkMark;
 use crate::sink::{TargetTable, quote_ident};
 
 /// The INSERT statements for one target table and one sheet column order.
@@ -17,6 +18,10 @@ use crate::sink::{TargetTable, quote_ident};
 pub struct InsertStatement {
     single_row_sql: String,
     multi_row_sql: String,
+    /// The same statements inside a CTE that records the write in the chunk ledger, so data
+    /// and ledger row commit together in one statement (one round trip).
+    single_row_recorded_sql: String,
+    multi_row_recorded_sql: String,
     column_count: usize,
 }
 
@@ -41,33 +46,58 @@ impl InsertStatement {
             "{head} {}{conflict}",
             select_columns(columns, &format!("UNNEST({})", arrays.join(", ")))
         );
+        let column_count = columns.len();
         InsertStatement {
+            single_row_recorded_sql: recorded(&single_row_sql, column_count),
+            multi_row_recorded_sql: recorded(&multi_row_sql, column_count),
             single_row_sql,
             multi_row_sql,
-            column_count: columns.len(),
+            column_count,
         }
     }
 
-    /// Inserts one row with one `INSERT ... VALUES`.
+    /// Inserts one row with one `INSERT ... VALUES`; with `mark`, recorded in the chunk
+    /// ledger by the same statement.
     pub async fn insert_row(
         &self,
         connection: &mut PgConnection,
         row: &ConvertedRow,
+        mark: Option<&ChunkMark>,
     ) -> Result<u64, sqlx::Error> {
-        let mut query = sqlx::query(&self.single_row_sql);
+        let sql = match mark {
+            Some(_) => &self.single_row_recorded_sql,
+            None => &self.single_row_sql,
+        };
+        let mut query = sqlx::query(sql);
         for value in &row.values {
             query = query.bind(value.as_deref());
         }
-        Ok(query.execute(connection).await?.rows_affected())
+        match mark {
+            None => Ok(query.execute(connection).await?.rows_affected()),
+            Some(mark) => recorded_count(
+                query
+                    .bind(mark.run_id)
+                    .bind(mark.first_row)
+                    .bind(mark.last_row)
+                    .fetch_one(connection)
+                    .await?,
+            ),
+        }
     }
 
-    /// Inserts all `rows` with one `INSERT ... SELECT FROM UNNEST(...)`.
+    /// Inserts all `rows` with one `INSERT ... SELECT FROM UNNEST(...)`; with `mark`,
+    /// recorded in the chunk ledger by the same statement.
     pub async fn insert_rows(
         &self,
         connection: &mut PgConnection,
         rows: &[ConvertedRow],
+        mark: Option<&ChunkMark>,
     ) -> Result<u64, sqlx::Error> {
-        let mut query = sqlx::query(&self.multi_row_sql);
+        let sql = match mark {
+            Some(_) => &self.multi_row_recorded_sql,
+            None => &self.multi_row_sql,
+        };
+        let mut query = sqlx::query(sql);
         for position in 0..self.column_count {
             let column: Vec<Option<&str>> = rows
                 .iter()
@@ -75,8 +105,36 @@ impl InsertStatement {
                 .collect();
             query = query.bind(column);
         }
-        Ok(query.execute(connection).await?.rows_affected())
+        match mark {
+            None => Ok(query.execute(connection).await?.rows_affected()),
+            Some(mark) => recorded_count(
+                query
+                    .bind(mark.run_id)
+                    .bind(mark.first_row)
+                    .bind(mark.last_row)
+                    .fetch_one(connection)
+                    .await?,
+            ),
+        }
     }
+}
+
+/// The rows a recorded INSERT wrote, as `importer.record_chunk` returns them.
+fn recorded_count(row: sqlx::postgres::PgRow) -> Result<u64, sqlx::Error> {
+    let row_count: i64 = row.try_get(0)?;
+    Ok(u64::try_from(row_count).unwrap_or_default())
+}
+
+/// `insert` (which binds `column_count` parameters) wrapped so that the same statement
+/// records it in the chunk ledger: `WITH written AS (insert RETURNING 1) SELECT
+/// importer.record_chunk(run, first, last, count)`.
+fn recorded(insert: &str, column_count: usize) -> String {
+    let run = column_count + 1;
+    format!(
+        "WITH written AS ({insert} RETURNING 1) SELECT importer.record_chunk(${run}::bigint, ${}::bigint, ${}::bigint, (SELECT count(*) FROM written))",
+        run + 1,
+        run + 2
+    )
 }
 
 /// `INSERT INTO target (columns...)`.

@@ -72,6 +72,9 @@ pub enum RunOutcome {
     Cancelled,
     /// `--skip-unchanged` found the content already loaded; nothing was done.
     Skipped,
+    /// Found `running` by a later run on the same table while its process was gone (killed,
+    /// or cut off from the server for good): it never recorded how it ended.
+    Died,
 }
 
 impl RunOutcome {
@@ -84,6 +87,7 @@ impl RunOutcome {
             RunOutcome::Failed => "failed",
             RunOutcome::Cancelled => "cancelled",
             RunOutcome::Skipped => "skipped",
+            RunOutcome::Died => "died",
         }
     }
 }

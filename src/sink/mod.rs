@@ -4,6 +4,7 @@
 //! Identifiers from files and flags pass through [`quote_ident`], and only there. Values are
 //! never formatted into SQL: they are bound, or COPY-encoded.
 
+pub mod chunks;
 pub mod copy;
 pub mod insert;
 pub mod ledger;
@@ -111,13 +112,7 @@ pub async fn connect(
         // makes them all durable, in one synchronous commit, before the stats are printed
         .options([("synchronous_commit", "off")])
         .log_statements(tracing::log::LevelFilter::Trace);
-    let server = format!(
-        "{}:{} (database {:?}, user {:?})",
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap_or(options.get_username()),
-        options.get_username()
-    );
+    let server = describe_server(&options);
     connect_first(&options, &server, connect_timeout)
         .await?
         .close()
@@ -127,6 +122,24 @@ pub async fn connect(
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_lazy_with(options))
+}
+
+/// Opens a new connection with the pool's options, retried like the first one for up to
+/// `connect_timeout`: for the end of a run whose connections were lost (a server restart).
+pub async fn reconnect(pool: &PgPool, connect_timeout: Duration) -> anyhow::Result<PgConnection> {
+    let options = (*pool.connect_options()).clone();
+    connect_first(&options, &describe_server(&options), connect_timeout).await
+}
+
+/// The server, database and user of `options`, for messages (never the password).
+fn describe_server(options: &PgConnectOptions) -> String {
+    format!(
+        "{}:{} (database {:?}, user {:?})",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or(options.get_username()),
+        options.get_username()
+    )
 }
 
 /// Makes the first connection, retrying connection-level failures (see [`is_transient`])

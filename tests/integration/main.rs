@@ -2,7 +2,9 @@
 //! (see util.rs). Run with `DATABASE_URL=postgres://USER@HOST:PORT/DB cargo test`.
 
 mod cli;
+mod cluster;
 mod create_table;
+mod faults;
 mod formats;
 mod modes;
 mod nightly;
