@@ -87,13 +87,15 @@ pub async fn prepare(
 
 /// Finishes a run: with `complete`, moves the staged rows into the target and returns true;
 /// otherwise drops the staging table and returns false, the target untouched. `Direct`
-/// runs are already done (true).
+/// runs are already done (true). With `fence` (the run's ledger id), publishing fails unless
+/// the run still holds the target's lock.
 pub async fn finish(
     plan: &WritePlan,
     pool: &PgPool,
     columns: &[Column],
     target: &TableName,
     complete: bool,
+    fence: Option<i64>,
 ) -> anyhow::Result<bool> {
     let staging_table = match plan {
         WritePlan::Direct => return Ok(true),
@@ -107,7 +109,7 @@ pub async fn finish(
         WritePlan::Direct => Ok(()),
         WritePlan::Replace { staging, indexes } => {
             match staging::build_indexes(pool, staging, indexes).await {
-                Ok(()) => staging::swap_in(pool, staging, target).await.map(|published| {
+                Ok(()) => staging::swap_in(pool, staging, target, fence).await.map(|published| {
                     if published == Published::Refilled {
                         info!(table = %target, "the table has grants, triggers or dependants: emptied and refilled in one transaction instead of swapped");
                     }
@@ -116,7 +118,7 @@ pub async fn finish(
             }
         }
         WritePlan::Publish { staging, conflict } => {
-            staging::publish(pool, staging, target, columns, conflict.as_deref())
+            staging::publish(pool, staging, target, columns, conflict.as_deref(), fence)
                 .await
                 .map(|_| ())
         }

@@ -115,6 +115,7 @@ async fn import(args: RunArgs, record: &mut RunRecord) -> anyhow::Result<Outcome
     };
     record.keep_staging(&plan).await?;
     let (pool, columns) = (job.pool.clone(), job.columns.clone());
+    let fence = job.chunk_ledger.map(|ledger| ledger.run_id);
     let shape = RunShape::new(args.method, &args.import.file, &table_name, &job);
     info!(
         file = %args.import.file.display(),
@@ -134,7 +135,7 @@ async fn import(args: RunArgs, record: &mut RunRecord) -> anyhow::Result<Outcome
     let limit_passed = rejects.limit_passed();
     let complete = report.error.is_none() && signal.is_none() && !limit_passed;
     let staged_rows = report.tally.success_count;
-    match mode::finish(&plan, &pool, &columns, &table_name, complete).await {
+    match mode::finish(&plan, &pool, &columns, &table_name, complete, fence).await {
         Ok(true) => {}
         Ok(false) => report.tally.success_count = 0,
         Err(error) => {

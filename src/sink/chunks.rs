@@ -70,9 +70,8 @@ COMMENT ON TABLE importer.chunks IS
     'importer chunk ledger: one row per committed unit of a run, written in the same transaction as its rows';
 COMMENT ON COLUMN importer.chunks.first_row IS
     '1-based sheet row number of the unit''s first row; rows between first_row and last_row that are not in the unit were rejected';
-CREATE OR REPLACE FUNCTION importer.record_chunk(
-    p_run_id bigint, p_first_row bigint, p_last_row bigint, p_row_count bigint)
-RETURNS bigint LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION importer.check_fence(p_run_id bigint)
+RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     run importer.runs%ROWTYPE;
     current_token bigint;
@@ -94,6 +93,13 @@ BEGIN
                 USING ERRCODE = 'IMP01';
         END IF;
     END IF;
+END
+$$;
+CREATE OR REPLACE FUNCTION importer.record_chunk(
+    p_run_id bigint, p_first_row bigint, p_last_row bigint, p_row_count bigint)
+RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM importer.check_fence(p_run_id);
     INSERT INTO importer.chunks (run_id, first_row, last_row, row_count)
     VALUES (p_run_id, p_first_row, p_last_row, p_row_count);
     RETURN p_row_count;
@@ -104,6 +110,16 @@ $$;
 /// SQLSTATE of `record_chunk` when the run has lost its table's lock (outside the classes
 /// of row errors, so the writers stop instead of rejecting rows).
 pub const FENCED: &str = "IMP01";
+
+/// Fails (SQLSTATE [`FENCED`]) unless run `run_id` still holds its table's lock; called
+/// inside a transaction that writes the target, it holds a new holder off until the commit.
+pub async fn check_fence(connection: &mut PgConnection, run_id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT importer.check_fence($1)")
+        .bind(run_id)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
 
 /// Takes the fence of `table` for run `run_id`, whose lock is held by the backend
 /// `lock_pid` with advisory key `lock_key`: bumps the table's token (waiting for writes of an

@@ -10,7 +10,7 @@ use sqlx::{Connection, PgPool, Row};
 use tracing::info;
 
 use crate::schema::Column;
-use crate::sink::{TableName, create_table_like, execute, quote_ident};
+use crate::sink::{TableName, chunks, create_table_like, execute, quote_ident};
 
 /// A non-unique index of the target, rebuilt on the staging table after the load.
 #[derive(Debug, Clone)]
@@ -110,6 +110,7 @@ pub async fn swap_in(
     pool: &PgPool,
     staging: &TableName,
     target: &TableName,
+    fence: Option<i64>,
 ) -> anyhow::Result<Published> {
     let mut connection = pool
         .acquire()
@@ -121,6 +122,7 @@ pub async fn swap_in(
     sqlx::query("SET LOCAL synchronous_commit TO on")
         .execute(&mut *transaction)
         .await?;
+    check_fence(&mut transaction, fence, target).await?;
     let lock = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", target.quoted());
     sqlx::query(&lock)
         .execute(&mut *transaction)
@@ -244,6 +246,7 @@ pub async fn publish(
     target: &TableName,
     columns: &[Column],
     conflict: Option<&str>,
+    fence: Option<i64>,
 ) -> anyhow::Result<u64> {
     let column_list: Vec<String> = columns
         .iter()
@@ -264,6 +267,7 @@ pub async fn publish(
     sqlx::query("SET LOCAL synchronous_commit TO on")
         .execute(&mut *transaction)
         .await?;
+    check_fence(&mut transaction, fence, target).await?;
     let written = sqlx::query(&insert)
         .execute(&mut *transaction)
         .await
@@ -277,6 +281,21 @@ pub async fn publish(
     sqlx::query(&drop).execute(&mut *transaction).await?;
     transaction.commit().await?;
     Ok(written)
+}
+
+/// With `fence` (the run's ledger id), fails unless the run still holds the target's lock,
+/// in the publishing transaction itself: a run that lost its lock never publishes.
+async fn check_fence(
+    connection: &mut sqlx::PgConnection,
+    fence: Option<i64>,
+    target: &TableName,
+) -> anyhow::Result<()> {
+    let Some(run_id) = fence else {
+        return Ok(());
+    };
+    chunks::check_fence(connection, run_id)
+        .await
+        .with_context(|| format!("cannot publish the staged rows into table {target}"))
 }
 
 /// Drops a staging table left by a run that did not publish.

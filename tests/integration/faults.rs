@@ -603,3 +603,47 @@ fn resume_refuses_a_staged_mode() {
         "{run:?}"
     );
 }
+
+#[test]
+fn a_staged_run_that_lost_its_lock_never_publishes() {
+    use importer::sink::{TableName, chunks, ledger, load_table, staging};
+    let db = TestDb::new();
+    db.execute("CREATE TABLE target (id bigint); CREATE TABLE staged (id bigint); INSERT INTO staged VALUES (1), (2)");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let error = runtime.block_on(async {
+        let pool = importer::sink::connect(&db.url, 2, Duration::from_secs(5))
+            .await
+            .unwrap();
+        ledger::create_ledger(&pool).await.unwrap();
+        chunks::create_chunk_ledger(&pool).await.unwrap();
+        // the run took the table's lock with token 1; another run took it since (token 2)
+        let run_id: i64 = sqlx::query_scalar(
+            "INSERT INTO importer.runs (file_path, file_size, sha256, sheet, table_schema, table_name,
+                                        method, mode, outcome, lock_token, lock_key, lock_pid)
+             VALUES ('f.csv', 1, 'x', 'f.csv', 'public', 'target', 'copy', 'append', 'running', 1, 42, pg_backend_pid())
+             RETURNING id",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO importer.table_locks VALUES ('public', 'target', 2)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let target = TableName::parse("target").unwrap();
+        let columns = load_table(&pool, &target).await.unwrap().unwrap().columns;
+        let staged = TableName::parse("staged").unwrap();
+        staging::publish(&pool, &staged, &target, &columns, None, Some(run_id))
+            .await
+            .expect_err("a fenced run cannot publish")
+    });
+    assert!(
+        format!("{error:#}").contains("no longer holds the run lock of table public.target"),
+        "{error:#}"
+    );
+    assert_eq!(db.count("target"), 0, "nothing was published");
+    assert_eq!(db.count("staged"), 2);
+}
