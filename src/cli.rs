@@ -221,6 +221,11 @@ pub struct RunArgs {
     #[arg(long, conflicts_with_all = ["dry_run", "no_ledger"])]
     pub skip_unchanged: bool,
 
+    /// Continue after the rows that earlier failed, cancelled or dead runs of the same
+    /// content put in the table, so each row is in once (implied by --skip-unchanged)
+    #[arg(long)]
+    pub resume: bool,
+
     /// Wait up to SECONDS for another run on the same table to finish (default: fail at once)
     #[arg(long, value_name = "SECONDS", conflicts_with = "dry_run")]
     pub wait_lock: Option<u64>,
@@ -503,10 +508,9 @@ impl Cli {
                 &args.import
             }
             Command::Bench(args) => &args.import,
-            Command::Generate(_)
-            | Command::History(_)
-            | Command::Completions(_)
-            | Command::Man => return Ok(()),
+            Command::Generate(_) | Command::History(_) | Command::Completions(_) | Command::Man => {
+                return Ok(());
+            }
         };
         match import.usage_error() {
             Some(message) => {

@@ -10,6 +10,7 @@ use crate::progress::RowCounter;
 use crate::rejects::RejectLog;
 use crate::schema::Column;
 use crate::sink::TargetTable;
+use crate::sink::chunks::{ChunkLedger, CommittedRows};
 use crate::source::{Header, SourceSpec};
 
 /// One import, ready to run.
@@ -37,6 +38,12 @@ pub struct ImportJob {
     pub conflict: Option<String>,
     /// Rows handed on by the reader so far, for the progress display only.
     pub progress: RowCounter,
+    /// The run's chunk ledger: `None` for `--dry-run`, `importer bench` and runs without a
+    /// ledger entry, whose writes are not recorded.
+    pub chunk_ledger: Option<ChunkLedger>,
+    /// Resuming: the sheet rows earlier runs of the same content already put in the table;
+    /// the reader skips them (they are neither read nor counted again).
+    pub already_in: Option<Arc<CommittedRows>>,
     /// Cancelled on Ctrl-C/SIGTERM, a fatal error or once --max-errors is passed: the reader
     /// stops, the writers finish what was already read.
     pub cancel: CancellationToken,

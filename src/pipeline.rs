@@ -223,6 +223,14 @@ fn read_and_convert(
                 return ControlFlow::Continue(());
             }
         }
+        if job
+            .already_in
+            .as_ref()
+            .is_some_and(|rows| rows.covers(row.row_number))
+        {
+            // resuming: an earlier run of the same content committed this row
+            return ControlFlow::Continue(());
+        }
         tally.rows_read += 1;
         let converted = convert_row(&job.columns, row).and_then(|converted| {
             match last_rows

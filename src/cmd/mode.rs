@@ -22,6 +22,7 @@ use tracing::info;
 use crate::cli::Mode;
 use crate::job::ImportJob;
 use crate::schema::{Column, fold_header};
+use crate::sink::chunks::ChunkLedger;
 use crate::sink::staging::{self, Published, SecondaryIndex};
 use crate::sink::{self, TableName};
 
@@ -108,13 +109,15 @@ pub async fn prepare(
 
 /// Finishes a run: with `complete`, moves the staged rows into the target and returns true;
 /// otherwise drops the staging table and returns false, the target untouched. `Direct`
-/// runs are already done (true).
+/// runs are already done (true). With `fence` (the run's chunk ledger), publishing fails unless
+/// the run still holds the target's lock.
 pub async fn finish(
     plan: &WritePlan,
     pool: &PgPool,
     columns: &[Column],
     target: &TableName,
     complete: bool,
+    fence: Option<&ChunkLedger>,
 ) -> anyhow::Result<bool> {
     let staging_table = match plan {
         WritePlan::Direct => return Ok(true),
@@ -132,7 +135,7 @@ pub async fn finish(
             swap_timeout,
         } => {
             match staging::build_indexes(pool, staging, indexes).await {
-                Ok(()) => staging::swap_in(pool, staging, target, *swap_timeout).await.map(|published| {
+                Ok(()) => staging::swap_in(pool, staging, target, *swap_timeout, fence).await.map(|published| {
                     if published == Published::Refilled {
                         info!(table = %target, "the table has grants, triggers or dependants: emptied and refilled in one transaction instead of swapped");
                     }
@@ -141,7 +144,7 @@ pub async fn finish(
             }
         }
         WritePlan::Publish { staging, conflict } => {
-            staging::publish(pool, staging, target, columns, conflict.as_deref())
+            staging::publish(pool, staging, target, columns, conflict.as_deref(), fence)
                 .await
                 .map(|_| ())
         }

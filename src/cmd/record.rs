@@ -3,13 +3,15 @@
 //!
 //! [`check_outputs`] runs first of all: an output path that cannot be written fails the run
 //! before anything is locked, recorded or written. [`RunRecord::begin`] is called once the
-//! table's name is known and before anything is written: it takes the lock, and either
-//! records a skipped run or inserts the run as `running` (or, stopped by a signal while it
-//! waited for the lock, as `cancelled`). [`RunRecord::keep_stats`] is called where the stats
-//! are printed, and [`RunRecord::finish`] with whatever the import returned, so that every
-//! ending after the start (success, rejected rows, an error, --max-errors, a signal) reaches
-//! the ledger. An output that fails after the rows are committed fails the run, but the
-//! ledger keeps the outcome of its rows ([`RunRecord::keep_rows_outcome`]), so that a later
+//! table's name is known and before anything is written: it takes the lock, marks earlier
+//! runs whose process is gone as `died` (dropping their staging tables), and either records
+//! a skipped run or inserts the run as `running` (or, stopped by a signal while it waited for
+//! the lock, as `cancelled`). [`RunRecord::keep_stats`] records the outcome and stats just
+//! before the stats are printed (a process killed after printing them leaves no `running`
+//! row), and [`RunRecord::finish`] with whatever the import returned, so that every ending
+//! after the start (success, rejected rows, an error, --max-errors, a signal) reaches the
+//! ledger. An output that fails after the rows are committed fails the run, but the ledger
+//! keeps the outcome of its rows ([`RunRecord::keep_rows_outcome`]), so that a later
 //! `--skip-unchanged` knows they are in. The lock is released only after that, so a waiting
 //! run's `--skip-unchanged` sees the outcome. `--dry-run` takes no lock and writes no ledger;
 //! `--no-ledger` takes the lock and writes no ledger. Orchestration only: the SQL is in
@@ -17,6 +19,7 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -24,11 +27,16 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tracing::{debug, info, warn};
 
+use super::mode::WritePlan;
 use super::run::{Prepared, unless_signalled};
 use super::{Outcome, SignalListener};
-use crate::cli::{OutputFormat, RunArgs};
+use crate::cli::{Mode, OutputFormat, RunArgs};
+use crate::job::ImportJob;
+use crate::sink::TableName;
+use crate::sink::chunks::{self, ChunkLedger, CommittedRows};
 use crate::sink::ledger::{self, Ledger, RunOutcome, RunStart};
 use crate::sink::lock::{self, TableLock};
+use crate::sink::staging;
 use crate::source::{input_name, is_stdin};
 use crate::stats::{ImportStats, print_report};
 
@@ -43,6 +51,8 @@ pub struct RunRecord {
     stats: Option<ImportStats>,
     /// How the rows ended, when the run fails only after they are committed.
     rows_outcome: Option<Outcome>,
+    /// Resuming: the rows earlier runs of the same content put in the table.
+    already_in: Option<Arc<CommittedRows>>,
 }
 
 /// What `--skip-unchanged` prints, on stdout and in `--summary`, instead of the stats.
@@ -69,6 +79,7 @@ impl RunRecord {
             entry: None,
             stats: None,
             rows_outcome: None,
+            already_in: None,
         }
     }
 
@@ -85,6 +96,12 @@ impl RunRecord {
     ) -> anyhow::Result<Option<Outcome>> {
         if args.dry_run {
             return Ok(None);
+        }
+        let staged = args.mode == Mode::Replace || args.atomic;
+        if args.resume && staged {
+            bail!(
+                "--resume cannot be combined with --atomic or --mode replace: those runs leave no rows behind to resume from"
+            );
         }
         let Some(ledger) = self.ledger.clone() else {
             // --no-ledger: the lock still keeps two runs off the same table
@@ -109,7 +126,7 @@ impl RunRecord {
         }
         let wait = args.wait_lock.map(Duration::from_secs);
         let acquiring = TableLock::acquire(&prepared.pool, &prepared.table_name, wait);
-        let lock = match unless_signalled(signals, acquiring).await? {
+        let mut lock = match unless_signalled(signals, acquiring).await? {
             ControlFlow::Continue(lock) => lock,
             ControlFlow::Break(signal) => {
                 // stopped while queued for the lock: the pool is open, so the run is recorded
@@ -136,8 +153,11 @@ impl RunRecord {
             }
         };
         let table = lock.table().clone();
+        let (lock_key, lock_pid) = (lock.key(), lock.backend_pid().await?);
         self.lock = Some(lock);
         ledger::create_ledger(&prepared.pool, &ledger).await?;
+        chunks::create_chunk_ledger(&prepared.pool, &ledger).await?;
+        bury_dead_runs(&prepared.pool, &ledger, &table).await?;
         let start = RunStart {
             file: &file,
             sheet: &prepared.header.sheet_name,
@@ -187,15 +207,109 @@ impl RunRecord {
         }
         let run_id =
             ledger::insert_run(&prepared.pool, &ledger, &start, RunOutcome::Running, None).await?;
+        chunks::take_fence(&prepared.pool, &ledger, run_id, &table, lock_key, lock_pid).await?;
+        if (args.resume || args.skip_unchanged) && !staged {
+            self.resume(
+                &prepared.pool,
+                &ledger,
+                run_id,
+                &table,
+                &file.sha256,
+                &prepared.header.sheet_name,
+            )
+            .await?;
+        }
         debug!(table = %table, run_id, sha256 = %file.sha256, "run started in the ledger");
         self.entry = Some((prepared.pool.clone(), run_id));
         Ok(None)
     }
 
-    /// Keeps the stats for the ledger and writes them to `--summary`: called where they are
-    /// printed, so the file exists whenever stdout has the stats (early stops included).
-    pub async fn keep_stats(&mut self, stats: &ImportStats) -> anyhow::Result<()> {
+    /// Tells the job where its writers record their chunks (nothing unless the run is
+    /// recorded as running: not for `--dry-run` or a skipped run) and, when resuming, which
+    /// rows are already in.
+    pub fn attach_to(&self, job: &mut ImportJob, connect_timeout: Duration) {
+        job.chunk_ledger = match (&self.entry, &self.ledger) {
+            (Some((_, run_id)), Some(ledger)) => Some(ChunkLedger {
+                run_id: *run_id,
+                ledger: ledger.clone(),
+                connect_timeout,
+            }),
+            _ => None,
+        };
+        job.already_in = self.already_in.clone();
+    }
+
+    /// Resumes run `run_id` after what earlier unfinished runs of the same content put in
+    /// `table` (see `sink::chunks::committed_rows`), if they put anything.
+    async fn resume(
+        &mut self,
+        pool: &PgPool,
+        ledger: &Ledger,
+        run_id: i64,
+        table: &TableName,
+        sha256: &str,
+        sheet: &str,
+    ) -> anyhow::Result<()> {
+        let done = chunks::committed_rows(pool, ledger, table, sha256, sheet).await?;
+        let Some(&resumed_run_id) = done.run_ids().last() else {
+            return Ok(());
+        };
+        chunks::record_resumed(pool, ledger, run_id, resumed_run_id).await?;
+        let run_ids: Vec<String> = done.run_ids().iter().map(i64::to_string).collect();
+        info!(
+            table = %table,
+            row_count = done.row_count(),
+            runs = %run_ids.join(", "),
+            "resuming: rows that earlier runs of this content committed are skipped"
+        );
+        self.already_in = Some(Arc::new(done));
+        Ok(())
+    }
+
+    /// Gives up recording this run: the server could not be reached again after the
+    /// connection was lost, and each ledger write would only wait for it in vain. The run stays
+    /// `running` until the next run on the table records it as `died`.
+    pub fn forget_server(&mut self) {
+        if let Some((_, run_id)) = self.entry.take() {
+            warn!(
+                run_id,
+                "the server is out of reach: the run stays running in the ledger until the next run on the table records it as died"
+            );
+        }
+    }
+
+    /// Keeps the staging table of `plan` in the run's ledger row, so that the next run on the
+    /// table drops it should this one die.
+    pub async fn keep_staging(&self, plan: &WritePlan) -> anyhow::Result<()> {
+        let (
+            Some((pool, run_id)),
+            Some(ledger),
+            WritePlan::Replace { staging, .. } | WritePlan::Publish { staging, .. },
+        ) = (&self.entry, &self.ledger, plan)
+        else {
+            return Ok(());
+        };
+        chunks::record_staging(pool, ledger, *run_id, staging).await
+    }
+
+    /// Records the stats and the outcome they stand for in the ledger, and writes them to
+    /// `--summary`: called just before they are printed, so that a process killed right after
+    /// printing them leaves its outcome behind (a later `--skip-unchanged` sees it), and the
+    /// file exists whenever stdout has the stats (early stops included). [`RunRecord::finish`]
+    /// records the final word, with the error line.
+    pub async fn keep_stats(
+        &mut self,
+        stats: &ImportStats,
+        outcome: RunOutcome,
+    ) -> anyhow::Result<()> {
         self.stats = Some(stats.clone());
+        if let (Some((pool, run_id)), Some(ledger)) = (&self.entry, &self.ledger)
+            && let Err(error) =
+                ledger::finish_run(pool, ledger, *run_id, outcome, Some(stats), None).await
+        {
+            // the stats still print; `finish` records the outcome again and fails if it cannot
+            warn!(error = %format!("{error:#}"), "cannot record the outcome before printing the stats");
+        }
         self.write_summary(serde_json::to_string(stats)?).await
     }
 
@@ -310,6 +424,19 @@ pub fn check_outputs(args: &RunArgs) -> anyhow::Result<()> {
     if let Some(summary) = &args.summary {
         check_summary_path(summary)
             .with_context(|| format!("--summary {} cannot be written", summary.display()))?;
+    }
+    Ok(())
+}
+
+/// Marks `died` the earlier runs into `table` that are still `running` with their process
+/// gone, and drops the staging tables they left. The caller holds the table's lock.
+async fn bury_dead_runs(pool: &PgPool, ledger: &Ledger, table: &TableName) -> anyhow::Result<()> {
+    for dead in chunks::bury_dead_runs(pool, ledger, table).await? {
+        warn!(table = %table, run_id = dead.run_id, "an earlier run on this table ended without recording its outcome; recorded it as died");
+        if let Some(staging) = &dead.staging {
+            staging::discard(pool, staging).await?;
+            info!(table = %table, staging = %staging, run_id = dead.run_id, "dropped the staging table the dead run left");
+        }
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use sqlx::PgPool;
@@ -22,6 +22,7 @@ use crate::rejects::RejectLog;
 use crate::schema::{
     Column, InferredType, TypeInference, default_table_name, fold_header_row, map_header,
 };
+use crate::sink::ledger::RunOutcome;
 use crate::sink::{self, TableName, TargetTable};
 use crate::source::{
     CsvOptions, Header, SourceSpec, StdinSpool, input_name, is_stdin, read_header, read_rows,
@@ -157,6 +158,7 @@ async fn import(
     if let Some(signal) = signals.pending() {
         return stopped_before_import(args, record, signal, started).await;
     }
+    record.attach_to(&mut job, Duration::from_secs(args.import.connect_timeout));
     let plan = match args.dry_run {
         true => WritePlan::Direct,
         false => {
@@ -164,7 +166,9 @@ async fn import(
             mode::prepare(&mut job, args.mode, args.atomic, &args.key, swap_timeout).await?
         }
     };
+    record.keep_staging(&plan).await?;
     let (pool, columns) = (job.pool.clone(), job.columns.clone());
+    let fence = job.chunk_ledger.clone();
     let shape = RunShape::new(args.method, &args.import.file, &table_name, &job);
     info!(
         file = %args.import.file.display(),
@@ -178,11 +182,23 @@ async fn import(
 
     let (mut report, signal) =
         run_job_until_signal(args.method, job, args.dry_run, signals).await?;
+    if report.unconfirmed.is_some() {
+        record.forget_server();
+    }
     let rejects_written = rejects.finish();
     let limit_passed = rejects.limit_passed();
     let complete = report.error.is_none() && signal.is_none() && !limit_passed;
     let staged_rows = report.tally.success_count;
-    let published = match mode::finish(&plan, &pool, &columns, &table_name, complete).await {
+    let published = match mode::finish(
+        &plan,
+        &pool,
+        &columns,
+        &table_name,
+        complete,
+        fence.as_ref(),
+    )
+    .await
+    {
         Ok(published) => published,
         Err(error) => {
             let error = describe_publish_error(&pool, error).await;
@@ -204,8 +220,10 @@ async fn import(
     if args.dry_run {
         stats = stats.into_dry_run(create_table_sql);
     }
+    let rows_outcome = outcome_of(report.error.is_some(), signal.is_some(), complete, &stats);
+    // the ledger before stdout: a run killed while printing its stats has recorded them
+    let summary_written = record.keep_stats(&stats, rows_outcome).await;
     stats.print(args.format)?;
-    let summary_written = record.keep_stats(&stats).await; // --summary and the ledger's copy
     info!(
         table = %table_name,
         total_records = stats.total_records,
@@ -215,10 +233,16 @@ async fn import(
         "import finished"
     );
     let verb = if args.dry_run { "would be" } else { "are" };
-    let written = format!(
-        "{} rows {verb} in table {table_name} from this run, {} rejected",
-        stats.success_count, stats.error_count
-    );
+    let written = match report
+        .unconfirmed
+        .filter(|_| matches!(plan, WritePlan::Direct))
+    {
+        Some(at_most) => unconfirmed_rows(&stats, at_most, &table_name),
+        None => format!(
+            "{} rows {verb} in table {table_name} from this run, {} rejected",
+            stats.success_count, stats.error_count
+        ),
+    };
     let outputs_written = rejects_written.and(summary_written);
     if let Some(error) = report.error {
         warn_unwritten(&outputs_written);
@@ -267,8 +291,8 @@ async fn stopped_before_import(
     if args.dry_run {
         stats = stats.into_dry_run(None);
     }
+    let summary_written = record.keep_stats(&stats, RunOutcome::Cancelled).await;
     stats.print(args.format)?;
-    let summary_written = record.keep_stats(&stats).await;
     if let Err(error) = summary_written {
         record.keep_rows_outcome(Outcome::Interrupted(signal));
         return Err(error.context(format!(
@@ -302,6 +326,31 @@ async fn describe_publish_error(pool: &PgPool, error: anyhow::Error) -> anyhow::
         Some(violation) => anyhow::anyhow!("{error}: {violation}"),
         None => error,
     }
+}
+
+/// The ledger outcome the stats stand for, as [`super::record::RunRecord::finish`] will
+/// record it from the run's result.
+fn outcome_of(failed: bool, interrupted: bool, complete: bool, stats: &ImportStats) -> RunOutcome {
+    if failed {
+        RunOutcome::Failed
+    } else if interrupted {
+        RunOutcome::Cancelled
+    } else if !complete {
+        RunOutcome::Failed // --max-errors passed
+    } else if stats.error_count > 0 {
+        RunOutcome::RejectedRows
+    } else {
+        RunOutcome::Succeeded
+    }
+}
+
+/// What a run that lost the server for good can say of its rows (its stats say the lower
+/// figure): those confirmed durable, and those whose commit the server had acknowledged.
+fn unconfirmed_rows(stats: &ImportStats, at_most: u64, table: &TableName) -> String {
+    format!(
+        "at least {} rows are in table {table} (confirmed), at most {at_most}; {} rejected; the server could not be reached again within --connect-timeout to count them exactly",
+        stats.success_count, stats.error_count
+    )
 }
 
 /// Runs a job to its end (with `dry_run`, converting only). A first Ctrl-C or SIGTERM cancels it: the reader stops, rows
@@ -527,6 +576,8 @@ pub fn build_job(
         key_positions: Vec::new(),
         conflict: None,
         progress: RowCounter::default(),
+        chunk_ledger: None,
+        already_in: None,
         cancel,
     })
 }

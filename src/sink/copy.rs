@@ -7,10 +7,11 @@
 //! with the same `INSERT ... SELECT` the batch method uses, in one transaction, so every
 //! method leaves the same rows.
 
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, Executor, PgConnection};
 
 use crate::pipeline::ConvertedRow;
 use crate::schema::Column;
+use crate::sink::chunks::ChunkMark;
 use crate::sink::insert::{insert_head, select_columns};
 use crate::sink::{TargetTable, quote_ident};
 
@@ -66,14 +67,19 @@ impl CopyStatement {
         }
     }
 
-    /// Writes `rows`: all or nothing. Returns the rows written.
+    /// Writes `rows`: all or nothing. Returns the rows written. With `mark`, the write is
+    /// recorded in the chunk ledger in the same transaction.
     pub async fn copy_rows(
         &self,
         connection: &mut PgConnection,
         rows: &[ConvertedRow],
+        mark: Option<&ChunkMark>,
     ) -> Result<u64, sqlx::Error> {
         let Some((create, insert)) = &self.via_chunk_table else {
-            return copy_in(connection, &self.copy_sql, rows).await;
+            return match mark {
+                None => copy_in(connection, &self.copy_sql, rows).await,
+                Some(mark) => copy_recorded(connection, &self.copy_sql, rows, mark).await,
+            };
         };
         let mut transaction = connection.begin().await?;
         sqlx::query(create).execute(&mut *transaction).await?;
@@ -82,9 +88,50 @@ impl CopyStatement {
             .execute(&mut *transaction)
             .await?
             .rows_affected();
+        if let Some(mark) = mark {
+            let record = mark
+                .ledger
+                .qualify("SELECT importer.record_chunk($1, $2, $3, $4)");
+            sqlx::query(&record)
+                .bind(mark.run_id)
+                .bind(mark.first_row)
+                .bind(mark.last_row)
+                .bind(i64::try_from(written).unwrap_or(i64::MAX))
+                .execute(&mut *transaction)
+                .await?;
+        }
         transaction.commit().await?;
         Ok(written)
     }
+}
+
+/// A plain COPY and its chunk-ledger row in one transaction: BEGIN, the COPY, then one
+/// simple-query message with the ledger call and the COMMIT, so recording costs one round
+/// trip more than the COPY alone, plus the BEGIN.
+async fn copy_recorded(
+    connection: &mut PgConnection,
+    copy_sql: &str,
+    rows: &[ConvertedRow],
+    mark: &ChunkMark,
+) -> Result<u64, sqlx::Error> {
+    (&mut *connection).execute("BEGIN").await?;
+    let result = match copy_in(&mut *connection, copy_sql, rows).await {
+        Ok(written) => {
+            let record_and_commit = format!("{}; COMMIT", mark.record_sql(written));
+            // a &str without arguments goes out as one simple-query message
+            (&mut *connection)
+                .execute(record_and_commit.as_str())
+                .await
+                .map(|_| written)
+        }
+        Err(error) => Err(error),
+    };
+    if result.is_err() {
+        // a failed statement skips the rest of its message, COMMIT included; the error that
+        // got here is the one to report, and a connection that cannot roll back is closed
+        (&mut *connection).execute("ROLLBACK").await.ok();
+    }
+    result
 }
 
 /// One COPY of `rows`, which ends in finish() or abort().

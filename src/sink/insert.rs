@@ -6,10 +6,11 @@
 //! columns take them uncast, so varchar(n) still refuses a value that is too long. A NOT NULL
 //! column with a default falls back to the default when its value is NULL.
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Row};
 
 use crate::pipeline::ConvertedRow;
 use crate::schema::Column;
+use crate::sink::chunks::ChunkMark;
 use crate::sink::{TargetTable, quote_ident};
 
 /// The INSERT statements for one target table and one sheet column order.
@@ -41,33 +42,56 @@ impl InsertStatement {
             "{head} {}{conflict}",
             select_columns(columns, &format!("UNNEST({})", arrays.join(", ")))
         );
+        let column_count = columns.len();
         InsertStatement {
             single_row_sql,
             multi_row_sql,
-            column_count: columns.len(),
+            column_count,
         }
     }
 
-    /// Inserts one row with one `INSERT ... VALUES`.
+    /// Inserts one row with one `INSERT ... VALUES`; with `mark`, recorded in the chunk
+    /// ledger by the same statement.
     pub async fn insert_row(
         &self,
         connection: &mut PgConnection,
         row: &ConvertedRow,
+        mark: Option<&ChunkMark>,
     ) -> Result<u64, sqlx::Error> {
-        let mut query = sqlx::query(&self.single_row_sql);
+        let sql = match mark {
+            Some(mark) => recorded(&self.single_row_sql, self.column_count, mark),
+            None => self.single_row_sql.clone(),
+        };
+        let mut query = sqlx::query(&sql);
         for value in &row.values {
             query = query.bind(value.as_deref());
         }
-        Ok(query.execute(connection).await?.rows_affected())
+        match mark {
+            None => Ok(query.execute(connection).await?.rows_affected()),
+            Some(mark) => recorded_count(
+                query
+                    .bind(mark.run_id)
+                    .bind(mark.first_row)
+                    .bind(mark.last_row)
+                    .fetch_one(connection)
+                    .await?,
+            ),
+        }
     }
 
-    /// Inserts all `rows` with one `INSERT ... SELECT FROM UNNEST(...)`.
+    /// Inserts all `rows` with one `INSERT ... SELECT FROM UNNEST(...)`; with `mark`,
+    /// recorded in the chunk ledger by the same statement.
     pub async fn insert_rows(
         &self,
         connection: &mut PgConnection,
         rows: &[ConvertedRow],
+        mark: Option<&ChunkMark>,
     ) -> Result<u64, sqlx::Error> {
-        let mut query = sqlx::query(&self.multi_row_sql);
+        let sql = match mark {
+            Some(mark) => recorded(&self.multi_row_sql, self.column_count, mark),
+            None => self.multi_row_sql.clone(),
+        };
+        let mut query = sqlx::query(&sql);
         for position in 0..self.column_count {
             let column: Vec<Option<&str>> = rows
                 .iter()
@@ -75,8 +99,39 @@ impl InsertStatement {
                 .collect();
             query = query.bind(column);
         }
-        Ok(query.execute(connection).await?.rows_affected())
+        match mark {
+            None => Ok(query.execute(connection).await?.rows_affected()),
+            Some(mark) => recorded_count(
+                query
+                    .bind(mark.run_id)
+                    .bind(mark.first_row)
+                    .bind(mark.last_row)
+                    .fetch_one(connection)
+                    .await?,
+            ),
+        }
     }
+}
+
+/// The rows a recorded INSERT wrote, as `importer.record_chunk` returns them.
+fn recorded_count(row: sqlx::postgres::PgRow) -> Result<u64, sqlx::Error> {
+    let row_count: i64 = row.try_get(0)?;
+    Ok(u64::try_from(row_count).unwrap_or_default())
+}
+
+/// `insert` (which binds `column_count` parameters) wrapped so that the same statement
+/// records it in the chunk ledger of `mark`, so data and ledger row commit together in one
+/// statement (one round trip): `WITH written AS (insert RETURNING 1) SELECT
+/// importer.record_chunk(run, first, last, count)`.
+fn recorded(insert: &str, column_count: usize, mark: &ChunkMark) -> String {
+    let run = column_count + 1;
+    // only the function's name is qualified: `insert` holds names from files and flags
+    let record_chunk = mark.ledger.qualify("importer.record_chunk");
+    format!(
+        "WITH written AS ({insert} RETURNING 1) SELECT {record_chunk}(${run}::bigint, ${}::bigint, ${}::bigint, (SELECT count(*) FROM written))",
+        run + 1,
+        run + 2
+    )
 }
 
 /// `INSERT INTO target (columns...)`.

@@ -48,6 +48,18 @@ impl Ledger {
         }
     }
 
+    /// `sql` written for the default schema (`importer.` before every ledger object) with
+    /// this ledger's quoted schema instead: the chunk ledger's objects live beside `runs`.
+    pub(crate) fn qualify(&self, sql: &str) -> String {
+        sql.replace("importer.", &format!("{}.", quote_ident(&self.schema)))
+    }
+
+    /// The advisory key that serialises the creation of this ledger's objects.
+    pub(crate) fn creation_key(&self) -> i64 {
+        // per schema: ledgers in two schemas are created independently
+        advisory_key(&format!("importer ledger {}", quote_ident(&self.schema)))
+    }
+
     /// The quoted, qualified name for SQL.
     fn quoted(&self) -> String {
         self.table().quoted()
@@ -113,6 +125,9 @@ pub enum RunOutcome {
     Cancelled,
     /// `--skip-unchanged` found the content already loaded; nothing was done.
     Skipped,
+    /// Found `running` by a later run on the same table while its process was gone (killed,
+    /// or cut off from the server for good): it never recorded how it ended.
+    Died,
 }
 
 impl RunOutcome {
@@ -125,6 +140,7 @@ impl RunOutcome {
             RunOutcome::Failed => "failed",
             RunOutcome::Cancelled => "cancelled",
             RunOutcome::Skipped => "skipped",
+            RunOutcome::Died => "died",
         }
     }
 }
@@ -219,11 +235,7 @@ pub async fn create_ledger(pool: &PgPool, ledger: &Ledger) -> anyhow::Result<()>
     };
     let mut transaction = pool.begin().await.with_context(cannot_create)?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        // per schema: ledgers in two schemas are created independently
-        .bind(advisory_key(&format!(
-            "importer ledger {}",
-            quote_ident(&ledger.schema)
-        )))
+        .bind(ledger.creation_key())
         .execute(&mut *transaction)
         .await
         .with_context(cannot_create)?;

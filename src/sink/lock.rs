@@ -138,6 +138,20 @@ impl TableLock {
         &self.table
     }
 
+    /// The lock's advisory key.
+    pub fn key(&self) -> i64 {
+        self.key
+    }
+
+    /// The pid of the server backend that holds the lock, for the fence (see
+    /// `sink::chunks::take_fence`): writers check that this backend still holds it.
+    pub async fn backend_pid(&mut self) -> anyhow::Result<i32> {
+        sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut self.connection)
+            .await
+            .with_context(|| format!("cannot read the lock connection of table {}", self.table))
+    }
+
     /// Releases the lock and closes its connection.
     pub async fn release(mut self) -> anyhow::Result<()> {
         let table = self.table.clone();

@@ -4,6 +4,7 @@
 //! Identifiers from files and flags pass through [`quote_ident`], and only there. Values are
 //! never formatted into SQL: they are bound, or COPY-encoded.
 
+pub mod chunks;
 pub mod conninfo;
 pub mod copy;
 pub mod insert;
@@ -199,6 +200,13 @@ impl std::fmt::Display for Server {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.write_str(&self.description)
     }
+}
+
+/// Opens a new connection with the pool's options, retried like the first one for up to
+/// `connect_timeout`: for the end of a run whose connections were lost (a server restart).
+pub async fn reconnect(pool: &PgPool, connect_timeout: Duration) -> anyhow::Result<PgConnection> {
+    let options = (*pool.connect_options()).clone();
+    connect_first(&options, &Server::of(&options, false), connect_timeout).await
 }
 
 /// Makes the first connection, retrying connection-level failures (see [`is_transient`])

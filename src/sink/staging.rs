@@ -12,6 +12,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 use tracing::{debug, info};
 
 use crate::schema::Column;
+use crate::sink::chunks::{self, ChunkLedger};
 use crate::sink::{TableName, create_table_like, execute, quote_ident};
 
 /// A non-unique index of the target, rebuilt on the staging table after the load.
@@ -130,6 +131,7 @@ pub async fn swap_in(
     staging: &TableName,
     target: &TableName,
     swap_timeout: Duration,
+    fence: Option<&ChunkLedger>,
 ) -> anyhow::Result<Published> {
     let mut connection = pool
         .acquire()
@@ -145,7 +147,7 @@ pub async fn swap_in(
         let wait = lock_wait
             .min(deadline.saturating_duration_since(Instant::now()))
             .max(Duration::from_millis(1));
-        match try_swap_in(&mut connection, staging, target, wait).await {
+        match try_swap_in(&mut connection, staging, target, wait, fence).await {
             Ok(published) => return Ok(published),
             // the lock timeout itself says nothing more than the message below
             Err(error) if is_lock_timeout(&error) => {}
@@ -241,6 +243,7 @@ async fn try_swap_in(
     staging: &TableName,
     target: &TableName,
     lock_wait: Duration,
+    fence: Option<&ChunkLedger>,
 ) -> anyhow::Result<Published> {
     let mut transaction = connection.begin().await?;
     // the sessions commit asynchronously (see sink::connect); this commit is the one that
@@ -253,6 +256,7 @@ async fn try_swap_in(
         .bind(format!("{}ms", lock_wait.as_millis().max(1)))
         .execute(&mut *transaction)
         .await?;
+    check_fence(&mut transaction, fence, target).await?;
     let lock = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", target.quoted());
     sqlx::query(&lock)
         .execute(&mut *transaction)
@@ -558,6 +562,7 @@ pub async fn publish(
     target: &TableName,
     columns: &[Column],
     conflict: Option<&str>,
+    fence: Option<&ChunkLedger>,
 ) -> anyhow::Result<u64> {
     let column_list: Vec<String> = columns
         .iter()
@@ -578,6 +583,7 @@ pub async fn publish(
     sqlx::query("SET LOCAL synchronous_commit TO on")
         .execute(&mut *transaction)
         .await?;
+    check_fence(&mut transaction, fence, target).await?;
     let written = sqlx::query(&insert)
         .execute(&mut *transaction)
         .await
@@ -591,6 +597,21 @@ pub async fn publish(
     sqlx::query(&drop).execute(&mut *transaction).await?;
     transaction.commit().await?;
     Ok(written)
+}
+
+/// With `fence` (the run's chunk ledger), fails unless the run still holds the target's lock,
+/// in the publishing transaction itself: a run that lost its lock never publishes.
+async fn check_fence(
+    connection: &mut sqlx::PgConnection,
+    fence: Option<&ChunkLedger>,
+    target: &TableName,
+) -> anyhow::Result<()> {
+    let Some(fence) = fence else {
+        return Ok(());
+    };
+    chunks::check_fence(connection, &fence.ledger, fence.run_id)
+        .await
+        .with_context(|| format!("cannot publish the staged rows into table {target}"))
 }
 
 /// Drops a staging table left by a run that did not publish.

@@ -3,6 +3,13 @@
 //! write them with a [`ChunkWriter`]; a chunk the server refuses is split in halves down to
 //! single rows so that only the offending rows are rejected. The strategies differ only in
 //! chunk size, worker count and writer, which is all their files say.
+//!
+//! A run with a ledger entry records every committed piece in the chunk ledger, in the
+//! piece's own transaction (see `sink::chunks`), and reports the rows that ledger holds once
+//! they are durable: never the writers' count of acknowledged commits, which a crash of the
+//! server can undo (commits are asynchronous). While the writers run, the durable count is
+//! taken every [`DURABLE_CHECK_INTERVAL`], so that a run that cannot reach the server again
+//! at its end can still say how many rows are in for certain.
 
 mod batch;
 mod concurrent;
@@ -10,17 +17,19 @@ mod copy;
 mod sequential;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::PgConnection;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, info_span, warn};
 
 use crate::cli::Method;
 use crate::convert::Rejection;
 use crate::job::ImportJob;
 use crate::pipeline::{self, Chunk, ConvertedRow, TaskOutcome};
+use crate::sink::chunks::{self, ChunkLedger, ChunkMark};
 use crate::sink::copy::CopyStatement;
 use crate::sink::insert::InsertStatement;
 use crate::sink::{error_column, error_message, flush_commits, is_row_error};
@@ -29,12 +38,20 @@ use crate::stats::Tally;
 /// Times a piece is retried after a deadlock or serialization failure before the run fails.
 const CONFLICT_RETRIES: u32 = 3;
 
+/// How often the rows of a running import are made durable and counted: the "confirmed"
+/// figure of a run that loses the server for good is at most this old.
+const DURABLE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
 /// What a strategy's run came to: the merged tally, and the fatal error that stopped it.
 pub struct RunReport {
     /// Everything counted, by the reader and by every writer.
     pub tally: Tally,
     /// The first fatal error, if the run stopped on one.
     pub error: Option<anyhow::Error>,
+    /// Set when the server could not be reached at the end to count the durable rows: the
+    /// rows whose commit was acknowledged ("at most"); `tally.success_count` then holds the
+    /// rows last confirmed durable ("at least").
+    pub unconfirmed: Option<u64>,
 }
 
 /// Runs `job` with `method`.
@@ -58,7 +75,11 @@ pub async fn dry_run(job: Arc<ImportJob>) -> RunReport {
     }
     let (counted, error) = join_all(&mut tasks, &job).await;
     tally += counted;
-    RunReport { tally, error }
+    RunReport {
+        tally,
+        error,
+        unconfirmed: None,
+    }
 }
 
 /// How the rows of a chunk reach the table.
@@ -73,22 +94,32 @@ enum ChunkWriter {
 }
 
 impl ChunkWriter {
-    /// Writes `rows` all or nothing (RowByRow is only ever given one row at a time).
+    /// Writes `rows` all or nothing (RowByRow is only ever given one row at a time); with
+    /// `chunk_ledger`, each commit also records its rows in the chunk ledger.
     async fn write(
         &self,
         connection: &mut PgConnection,
         rows: &[ConvertedRow],
+        chunk_ledger: Option<&ChunkLedger>,
     ) -> Result<u64, sqlx::Error> {
         match self {
             ChunkWriter::RowByRow(statement) => {
                 let mut written = 0;
                 for row in rows {
-                    written += statement.insert_row(connection, row).await?;
+                    let mark = chunk_ledger
+                        .map(|ledger| ChunkMark::new(ledger, std::slice::from_ref(row)));
+                    written += statement.insert_row(connection, row, mark.as_ref()).await?;
                 }
                 Ok(written)
             }
-            ChunkWriter::MultiRow(statement) => statement.insert_rows(connection, rows).await,
-            ChunkWriter::Copy(statement) => statement.copy_rows(connection, rows).await,
+            ChunkWriter::MultiRow(statement) => {
+                let mark = chunk_ledger.map(|ledger| ChunkMark::new(ledger, rows));
+                statement.insert_rows(connection, rows, mark.as_ref()).await
+            }
+            ChunkWriter::Copy(statement) => {
+                let mark = chunk_ledger.map(|ledger| ChunkMark::new(ledger, rows));
+                statement.copy_rows(connection, rows, mark.as_ref()).await
+            }
         }
     }
 
@@ -125,16 +156,97 @@ async fn drive(
     }
     drop(receiver);
 
-    let (tally, mut first_error) = join_all(&mut tasks, &job).await;
-    // commits were asynchronous: make every row counted durable before it is reported
-    if tally.success_count > 0
-        && let Err(error) = flush_commits(&job.pool).await
-    {
-        first_error.get_or_insert(error);
+    let Some(ledger) = job.chunk_ledger.clone() else {
+        let (tally, mut first_error) = join_all(&mut tasks, &job).await;
+        // commits were asynchronous: make every row counted durable before it is reported
+        if tally.success_count > 0
+            && let Err(error) = flush_commits(&job.pool).await
+        {
+            first_error.get_or_insert(error);
+        }
+        return RunReport {
+            tally,
+            error: first_error,
+            unconfirmed: None,
+        };
+    };
+    let (tally, first_error, confirmed) = join_confirming(&mut tasks, &job, &ledger).await;
+    settle(&job, &ledger, tally, first_error, confirmed).await
+}
+
+/// [`join_all`], while taking the run's durable row count every [`DURABLE_CHECK_INTERVAL`].
+/// Returns the last count confirmed beside the tally.
+async fn join_confirming(
+    tasks: &mut JoinSet<TaskOutcome>,
+    job: &ImportJob,
+    ledger: &ChunkLedger,
+) -> (Tally, Option<anyhow::Error>, u64) {
+    let joined = join_all(tasks, job);
+    tokio::pin!(joined);
+    let mut checks = tokio::time::interval(DURABLE_CHECK_INTERVAL);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    checks.tick().await; // the first tick is immediate: nothing is written yet
+    let mut confirmed = 0;
+    loop {
+        tokio::select! {
+            (tally, first_error) = &mut joined => return (tally, first_error, confirmed),
+            _ = checks.tick() => {
+                // the writers go on meanwhile: they are tasks of their own
+                if let Some(row_count) = chunks::try_durable_row_count(&job.pool, &ledger.ledger, ledger.run_id, DURABLE_CHECK_INTERVAL).await {
+                    confirmed = confirmed.max(row_count);
+                }
+            }
+        }
     }
-    RunReport {
-        tally,
-        error: first_error,
+}
+
+/// The end of a ledgered run: the rows it reports are the rows the chunk ledger holds once
+/// durable, counted again after a lost connection (within `--connect-timeout`). When the
+/// server cannot be reached, the report says at least `confirmed`, at most the rows whose
+/// commit was acknowledged.
+async fn settle(
+    job: &ImportJob,
+    ledger: &ChunkLedger,
+    mut tally: Tally,
+    mut first_error: Option<anyhow::Error>,
+    confirmed: u64,
+) -> RunReport {
+    let acknowledged = tally.success_count;
+    match chunks::settle_row_count(&job.pool, ledger).await {
+        Ok(durable) => {
+            if durable != acknowledged {
+                warn!(
+                    acknowledged,
+                    durable,
+                    "the server lost commits it had acknowledged: counting the durable rows only"
+                );
+            }
+            // rows acknowledged but lost by the server are neither in nor rejected
+            tally.success_count = durable;
+            RunReport {
+                tally,
+                error: first_error,
+                unconfirmed: None,
+            }
+        }
+        Err(error) => {
+            tally.success_count = confirmed.min(acknowledged);
+            let error = error.context(format!(
+                "cannot count the rows of this run in {}",
+                chunks::CHUNKS_TABLE
+            ));
+            match &first_error {
+                Some(_) => {
+                    warn!(error = %format!("{error:#}"), "the rows written cannot be confirmed")
+                }
+                None => first_error = Some(error),
+            }
+            RunReport {
+                tally,
+                error: first_error,
+                unconfirmed: Some(acknowledged),
+            }
+        }
     }
 }
 
@@ -210,7 +322,10 @@ async fn write_isolating_rejects(
         .map(|piece| (piece, 0))
         .collect();
     while let Some((piece, attempt)) = pending.pop() {
-        let error = match writer.write(connection, piece).await {
+        let error = match writer
+            .write(connection, piece, job.chunk_ledger.as_ref())
+            .await
+        {
             Ok(_) => {
                 tally.success_count += piece.len() as u64;
                 continue;

@@ -2,10 +2,12 @@
 //! (see util.rs). Run with `DATABASE_URL=postgres://USER@HOST:PORT/DB cargo test`.
 
 mod cli;
+mod cluster;
 mod conventions;
 mod create_table;
 mod csv_input;
 mod database;
+mod faults;
 mod formats;
 mod lifecycle;
 mod modes;

@@ -1,0 +1,509 @@
+//! The chunk ledger: the table `importer.chunks`, one row per committed unit of a run (a COPY
+//! chunk, an INSERT batch, a single row), written by the same transaction as the rows
+//! themselves. A chunk row exists exactly when its data does: after a crash that lost the
+//! last asynchronous commits, both are gone together. So the ledger's sum for a run is the
+//! number of rows that run put in the table, and that sum, not the writers' own tally, is
+//! what the stats report.
+//!
+//! Writers call `importer.record_chunk(run_id, first_row, last_row, row_count)` inside their
+//! transaction (in a CTE of the INSERT, or after the COPY before COMMIT); this module owns
+//! that function and the queries that read the ledger back. The strategies decide when.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sqlx::{Connection, PgConnection, PgPool};
+use tracing::warn;
+
+use super::TableName;
+use super::ledger::{Ledger, RunOutcome};
+use crate::pipeline::ConvertedRow;
+
+/// The chunk ledger's name, for messages.
+pub const CHUNKS_TABLE: &str = "importer.chunks";
+
+/// The function every write transaction calls, by its SQL signature.
+const RECORD_CHUNK_SIGNATURE: &str = "importer.record_chunk(bigint,bigint,bigint,bigint)";
+
+/// How long the end of a run tries the pool before it opens a connection of its own.
+const POOL_ATTEMPT_TIME: Duration = Duration::from_secs(2);
+
+/// The chunk ledger's DDL; `importer.runs` (see `ledger`) exists before it. No foreign key
+/// to the runs: its check would lock the run's row in every write transaction.
+///
+/// The fence: `importer.table_locks` holds one token per table, bumped by each run that takes
+/// the table's advisory lock, and the run keeps its token and its lock connection's backend
+/// in its `importer.runs` row. `record_chunk` refuses (SQLSTATE [`FENCED`]) when the token has
+/// moved on or the lock backend no longer holds the lock. It reads the token `FOR SHARE`, so a
+/// new holder's bump waits for the old run's transaction in flight, and every later write of
+/// the old run fails: two runs never write the same table at once.
+const CREATE_CHUNK_LEDGER: &str = "
+ALTER TABLE importer.runs
+    ADD COLUMN IF NOT EXISTS lock_token bigint,
+    ADD COLUMN IF NOT EXISTS lock_key bigint,
+    ADD COLUMN IF NOT EXISTS lock_pid integer,
+    ADD COLUMN IF NOT EXISTS lock_backend_start timestamptz,
+    ADD COLUMN IF NOT EXISTS staging_schema text,
+    ADD COLUMN IF NOT EXISTS staging_name text;
+COMMENT ON COLUMN importer.runs.staging_name IS
+    'the staging table of an --atomic or --mode replace run, dropped by the next run on the table if this one died';
+COMMENT ON COLUMN importer.runs.lock_pid IS
+    'backend pid of the session holding the run''s table lock (with lock_backend_start: tells a live run from a dead one)';
+CREATE TABLE IF NOT EXISTS importer.table_locks (
+    table_schema text NOT NULL,
+    table_name   text NOT NULL,
+    token        bigint NOT NULL,
+    PRIMARY KEY (table_schema, table_name)
+);
+COMMENT ON TABLE importer.table_locks IS
+    'importer fencing tokens: bumped by every run that takes a table''s lock; writes of a run whose token is not the current one fail';
+CREATE TABLE IF NOT EXISTS importer.chunks (
+    run_id       bigint NOT NULL,
+    first_row    bigint NOT NULL,
+    last_row     bigint NOT NULL,
+    row_count    bigint NOT NULL,
+    committed_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS chunks_run_id_idx ON importer.chunks (run_id, first_row);
+COMMENT ON TABLE importer.chunks IS
+    'importer chunk ledger: one row per committed unit of a run, written in the same transaction as its rows';
+COMMENT ON COLUMN importer.chunks.first_row IS
+    '1-based sheet row number of the unit''s first row; rows between first_row and last_row that are not in the unit were rejected';
+CREATE OR REPLACE FUNCTION importer.check_fence(p_run_id bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    run importer.runs%ROWTYPE;
+    current_token bigint;
+BEGIN
+    SELECT * INTO run FROM importer.runs WHERE id = p_run_id;
+    IF run.lock_token IS NOT NULL THEN
+        SELECT token INTO current_token FROM importer.table_locks
+         WHERE table_schema = run.table_schema AND table_name = run.table_name
+           FOR SHARE;
+        IF current_token IS DISTINCT FROM run.lock_token OR NOT EXISTS (
+            SELECT 1 FROM pg_locks
+             WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND pid = run.lock_pid
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND classid::bigint = (run.lock_key >> 32) & 4294967295
+               AND objid::bigint = run.lock_key & 4294967295)
+        THEN
+            RAISE EXCEPTION 'run % no longer holds the run lock of table %.% (its lock connection was closed or terminated, or another run took the table); it stopped before committing more rows',
+                p_run_id, run.table_schema, run.table_name
+                USING ERRCODE = 'IMP01';
+        END IF;
+    END IF;
+END
+$$;
+CREATE OR REPLACE FUNCTION importer.record_chunk(
+    p_run_id bigint, p_first_row bigint, p_last_row bigint, p_row_count bigint)
+RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM importer.check_fence(p_run_id);
+    INSERT INTO importer.chunks (run_id, first_row, last_row, row_count)
+    VALUES (p_run_id, p_first_row, p_last_row, p_row_count);
+    RETURN p_row_count;
+END
+$$;
+";
+
+/// SQLSTATE of `record_chunk` when the run has lost its table's lock (outside the classes
+/// of row errors, so the writers stop instead of rejecting rows).
+pub const FENCED: &str = "IMP01";
+
+/// Fails (SQLSTATE [`FENCED`]) unless run `run_id` still holds its table's lock; called
+/// inside a transaction that writes the target, it holds a new holder off until the commit.
+pub async fn check_fence(
+    connection: &mut PgConnection,
+    ledger: &Ledger,
+    run_id: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&ledger.qualify("SELECT importer.check_fence($1)"))
+        .bind(run_id)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Takes the fence of `table` for run `run_id`, whose lock is held by the backend
+/// `lock_pid` with advisory key `lock_key`: bumps the table's token (waiting for writes of an
+/// earlier holder still in flight) and keeps it, with the lock backend, in the run's row.
+/// Called after the advisory lock is taken and before anything is written.
+pub async fn take_fence(
+    pool: &PgPool,
+    ledger: &Ledger,
+    run_id: i64,
+    table: &TableName,
+    lock_key: i64,
+    lock_pid: i32,
+) -> anyhow::Result<()> {
+    let schema = table.schema.as_deref().unwrap_or_default();
+    sqlx::query(&ledger.qualify(
+        "WITH bumped AS (
+             INSERT INTO importer.table_locks (table_schema, table_name, token) VALUES ($2, $3, 1)
+             ON CONFLICT (table_schema, table_name) DO UPDATE SET token = importer.table_locks.token + 1
+             RETURNING token)
+         UPDATE importer.runs
+            SET lock_token = (SELECT token FROM bumped), lock_key = $4, lock_pid = $5,
+                lock_backend_start = (SELECT backend_start FROM pg_stat_activity WHERE pid = $5)
+          WHERE id = $1",
+    ))
+    .bind(run_id)
+    .bind(schema)
+    .bind(&table.name)
+    .bind(lock_key)
+    .bind(lock_pid)
+    .execute(pool)
+    .await
+    .with_context(|| format!("cannot take the fencing token of table {table}"))?;
+    Ok(())
+}
+
+/// Keeps the staging table `staging` (just created) in the run's row, so that a later run
+/// can drop it should this one die.
+pub async fn record_staging(
+    pool: &PgPool,
+    ledger: &Ledger,
+    run_id: i64,
+    staging: &TableName,
+) -> anyhow::Result<()> {
+    sqlx::query(&ledger.qualify(
+        "UPDATE importer.runs
+            SET (staging_schema, staging_name) =
+                (SELECT n.nspname::text, c.relname::text
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.oid = to_regclass($2))
+          WHERE id = $1",
+    ))
+    .bind(run_id)
+    .bind(staging.quoted())
+    .execute(pool)
+    .await
+    .with_context(|| format!("cannot record staging table {staging} in the run ledger"))?;
+    Ok(())
+}
+
+/// A run found dead by [`bury_dead_runs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadRun {
+    /// Its ledger id.
+    pub run_id: i64,
+    /// The staging table it left, if it had one.
+    pub staging: Option<TableName>,
+}
+
+/// Marks `died` every run into `table` still `running` whose lock backend is gone (the
+/// caller holds the table's lock, so no live run can be loading it), and returns them.
+pub async fn bury_dead_runs(
+    pool: &PgPool,
+    ledger: &Ledger,
+    table: &TableName,
+) -> anyhow::Result<Vec<DeadRun>> {
+    let sql = ledger.qualify(
+        "UPDATE importer.runs r
+            SET outcome = $3, finished_at = clock_timestamp(),
+                error = 'the run ended without recording its outcome (its process was killed, or lost the server for good)'
+          WHERE r.table_schema = $1 AND r.table_name = $2 AND r.outcome = 'running'
+            AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                             WHERE a.pid = r.lock_pid AND a.backend_start = r.lock_backend_start)
+          RETURNING r.id, r.staging_schema, r.staging_name",
+    );
+    let rows: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as(&sql)
+        .bind(table.schema.as_deref().unwrap_or_default())
+        .bind(&table.name)
+        .bind(RunOutcome::Died.name())
+        .fetch_all(pool)
+        .await
+        .with_context(|| {
+            format!("cannot look for dead runs into table {table} in the run ledger")
+        })?;
+    Ok(rows
+        .into_iter()
+        .map(|(run_id, schema, name)| DeadRun {
+            run_id,
+            staging: name.map(|name| TableName { schema, name }),
+        })
+        .collect())
+}
+
+/// The sheet rows that earlier unfinished runs of the same content put in the table: what a
+/// resumed run skips. Ranges of sheet row numbers, sorted and merged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommittedRows {
+    ranges: Vec<(i64, i64)>,
+    row_count: u64,
+    run_ids: Vec<i64>,
+}
+
+impl CommittedRows {
+    /// Builds the set from `(first_row, last_row, row_count, run_id)` units in any order.
+    pub fn from_units(units: &[(i64, i64, i64, i64)]) -> Self {
+        let mut sorted = units.to_vec();
+        sorted.sort_unstable();
+        let mut ranges: Vec<(i64, i64)> = Vec::with_capacity(sorted.len());
+        let mut run_ids = Vec::new();
+        let mut row_count = 0;
+        for &(first, last, rows, run_id) in &sorted {
+            row_count += u64::try_from(rows).unwrap_or_default();
+            if !run_ids.contains(&run_id) {
+                run_ids.push(run_id);
+            }
+            match ranges.last_mut() {
+                Some((_, previous_last)) if first <= *previous_last + 1 => {
+                    *previous_last = (*previous_last).max(last);
+                }
+                _ => ranges.push((first, last)),
+            }
+        }
+        run_ids.sort_unstable();
+        CommittedRows {
+            ranges,
+            row_count,
+            run_ids,
+        }
+    }
+
+    /// Whether sheet row `row_number` is within a unit that was committed.
+    pub fn covers(&self, row_number: u32) -> bool {
+        let row = i64::from(row_number);
+        let after = self.ranges.partition_point(|&(first, _)| first <= row);
+        after > 0 && row <= self.ranges[after - 1].1
+    }
+
+    /// Whether nothing is in yet.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Rows in the table from those runs.
+    pub fn row_count(&self) -> u64 {
+        self.row_count
+    }
+
+    /// The runs the rows come from, oldest first.
+    pub fn run_ids(&self) -> &[i64] {
+        &self.run_ids
+    }
+}
+
+/// The rows that runs of this content (`sha256`, `sheet`) into `table` put in it and that no
+/// complete load of the same content followed: runs that failed, were cancelled or died,
+/// loading straight into the table (a staged run leaves nothing behind).
+pub async fn committed_rows(
+    pool: &PgPool,
+    ledger: &Ledger,
+    table: &TableName,
+    sha256: &str,
+    sheet: &str,
+) -> anyhow::Result<CommittedRows> {
+    let sql = ledger.qualify(
+        "SELECT c.first_row, c.last_row, c.row_count, c.run_id
+           FROM importer.chunks c
+           JOIN importer.runs r ON r.id = c.run_id
+          WHERE r.table_schema = $1 AND r.table_name = $2 AND r.sha256 = $3 AND r.sheet = $4
+            AND r.outcome IN ('failed', 'cancelled', 'died') AND r.staging_name IS NULL
+            AND r.id > coalesce((SELECT max(id) FROM importer.runs
+                                  WHERE table_schema = $1 AND table_name = $2 AND sha256 = $3
+                                    AND outcome IN ('succeeded', 'rejected_rows')), 0)",
+    );
+    let units: Vec<(i64, i64, i64, i64)> = sqlx::query_as(&sql)
+        .bind(table.schema.as_deref().unwrap_or_default())
+        .bind(&table.name)
+        .bind(sha256)
+        .bind(sheet)
+        .fetch_all(pool)
+        .await
+        .with_context(|| {
+            format!("cannot read what earlier runs put in table {table} from {CHUNKS_TABLE}")
+        })?;
+    Ok(CommittedRows::from_units(&units))
+}
+
+/// Notes in the ledger that run `run_id` resumes `previous_run_id`.
+pub async fn record_resumed(
+    pool: &PgPool,
+    ledger: &Ledger,
+    run_id: i64,
+    previous_run_id: i64,
+) -> anyhow::Result<()> {
+    sqlx::query(&ledger.qualify("UPDATE importer.runs SET previous_run_id = $2 WHERE id = $1"))
+        .bind(run_id)
+        .bind(previous_run_id)
+        .execute(pool)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot record in the run ledger that run {run_id} resumes run {previous_run_id}"
+            )
+        })?;
+    Ok(())
+}
+
+/// What a run's writers need to record their chunks.
+#[derive(Debug, Clone)]
+pub struct ChunkLedger {
+    /// The run's id in the ledger's `runs`.
+    pub run_id: i64,
+    /// The ledger (its schema) the run's chunks are recorded in.
+    pub ledger: Ledger,
+    /// `--connect-timeout`: how long the end of a run keeps trying to reach the server to
+    /// count what is durable.
+    pub connect_timeout: Duration,
+}
+
+/// The ledger entry of one write: the run, and the sheet rows the write covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkMark {
+    /// The ledger the write is recorded in.
+    pub ledger: Ledger,
+    /// The run's id.
+    pub run_id: i64,
+    /// Sheet row number of the first row written.
+    pub first_row: i64,
+    /// Sheet row number of the last row written.
+    pub last_row: i64,
+}
+
+impl ChunkMark {
+    /// The mark of a write of `rows` (in sheet order) by run `run_id`.
+    pub fn new(chunk_ledger: &ChunkLedger, rows: &[ConvertedRow]) -> Self {
+        let row_number =
+            |row: Option<&ConvertedRow>| row.map_or(0, |row| i64::from(row.row_number));
+        ChunkMark {
+            ledger: chunk_ledger.ledger.clone(),
+            run_id: chunk_ledger.run_id,
+            first_row: row_number(rows.first()),
+            last_row: row_number(rows.last()),
+        }
+    }
+
+    /// `SELECT importer.record_chunk(...)` with the mark's own integers inlined, for a
+    /// simple-query message that also carries the COMMIT (one round trip). Only integers of
+    /// ours are formatted into it, never a value from the file.
+    pub fn record_sql(&self, row_count: u64) -> String {
+        self.ledger.qualify(&format!(
+            "SELECT importer.record_chunk({}, {}, {}, {row_count})",
+            self.run_id, self.first_row, self.last_row
+        ))
+    }
+}
+
+/// Creates the chunk ledger unless it exists, serialised with the run ledger's creation.
+pub async fn create_chunk_ledger(pool: &PgPool, ledger: &Ledger) -> anyhow::Result<()> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regprocedure($1) IS NOT NULL")
+        .bind(ledger.qualify(RECORD_CHUNK_SIGNATURE))
+        .fetch_one(pool)
+        .await
+        .with_context(|| format!("cannot look up the chunk ledger {CHUNKS_TABLE}"))?;
+    if exists {
+        return Ok(());
+    }
+    let cannot_create = || {
+        format!(
+            "cannot create the chunk ledger {CHUNKS_TABLE}; a user with CREATE on the database can create it by running importer once"
+        )
+    };
+    let mut transaction = pool.begin().await.with_context(cannot_create)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(ledger.creation_key())
+        .execute(&mut *transaction)
+        .await
+        .with_context(cannot_create)?;
+    let create_sql = ledger.qualify(CREATE_CHUNK_LEDGER);
+    sqlx::raw_sql(&create_sql)
+        .execute(&mut *transaction)
+        .await
+        .with_context(cannot_create)?;
+    transaction.commit().await.with_context(cannot_create)?;
+    Ok(())
+}
+
+/// The rows the chunk ledger holds for `run_id`, made durable first: the sum is read and
+/// then the transaction commits synchronously, which flushes the write-ahead log past every
+/// commit the sum saw. So the figure returned survives a crash of the server.
+pub async fn durable_row_count(
+    connection: &mut PgConnection,
+    ledger: &Ledger,
+    run_id: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut transaction = connection.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit TO on")
+        .execute(&mut *transaction)
+        .await?;
+    // txid_current() gives the transaction an id, so that its commit is written and waited for
+    let sql = ledger.qualify(
+        "SELECT (SELECT coalesce(sum(row_count), 0)::bigint FROM importer.chunks WHERE run_id = $1),
+                txid_current()",
+    );
+    let (row_count, _): (i64, i64) = sqlx::query_as(&sql)
+        .bind(run_id)
+        .fetch_one(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
+    Ok(u64::try_from(row_count).unwrap_or_default())
+}
+
+/// [`durable_row_count`] through the pool, bounded in time: the periodic check while a run
+/// writes, and the first try at its end. `None` when the server did not answer.
+pub async fn try_durable_row_count(
+    pool: &PgPool,
+    ledger: &Ledger,
+    run_id: i64,
+    bound: Duration,
+) -> Option<u64> {
+    let attempt = async {
+        let mut connection = pool.acquire().await?;
+        durable_row_count(&mut connection, ledger, run_id).await
+    };
+    match tokio::time::timeout(bound, attempt).await {
+        Ok(Ok(row_count)) => Some(row_count),
+        Ok(Err(error)) => {
+            warn!(error = %super::error_message(&error), "cannot count the durable rows of this run yet");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// The durable row count of the run at its end: through the pool when it still works,
+/// otherwise on a new connection retried for up to `--connect-timeout` (the server may be
+/// restarting after a crash). Fails when the server cannot be reached in that time.
+pub async fn settle_row_count(pool: &PgPool, ledger: &ChunkLedger) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    if let Some(row_count) =
+        try_durable_row_count(pool, &ledger.ledger, ledger.run_id, POOL_ATTEMPT_TIME).await
+    {
+        return Ok(row_count);
+    }
+    let remaining = ledger.connect_timeout.saturating_sub(started.elapsed());
+    let mut connection = super::reconnect(pool, remaining).await?;
+    let row_count = durable_row_count(&mut connection, &ledger.ledger, ledger.run_id)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot count the rows of run {} in {CHUNKS_TABLE}",
+                ledger.run_id
+            )
+        })?;
+    connection.close().await.ok(); // the count is what matters; the server closes it anyway
+    Ok(row_count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_rows_merge_touching_units_and_keep_the_gaps() {
+        // units of two runs, out of order; row 6 was rejected, rows 12-19 never written
+        let rows = CommittedRows::from_units(&[(7, 11, 5, 2), (2, 5, 4, 1), (20, 20, 1, 2)]);
+        assert_eq!(rows.ranges, vec![(2, 5), (7, 11), (20, 20)]);
+        assert_eq!(rows.row_count(), 10);
+        assert_eq!(rows.run_ids(), &[1, 2]);
+        let covered: Vec<u32> = (1..=21).filter(|&row| rows.covers(row)).collect();
+        assert_eq!(covered, vec![2, 3, 4, 5, 7, 8, 9, 10, 11, 20]);
+        let touching = CommittedRows::from_units(&[(2, 5, 4, 1), (6, 9, 4, 1)]);
+        assert_eq!(touching.ranges, vec![(2, 9)]);
+        assert!(CommittedRows::default().is_empty());
+        assert!(!CommittedRows::default().covers(1));
+    }
+}
