@@ -36,6 +36,21 @@ pub enum Command {
     Generate(GenerateArgs),
     /// List past runs from the run ledger (importer.runs)
     History(HistoryArgs),
+    /// Internal: read one sheet with calamine and stream its cells on stdout (the contained
+    /// reader `run` starts for .xls, .xlsb and calamine-read .xlsx; not for people)
+    #[command(hide = true)]
+    ReadCells(ReadCellsArgs),
+}
+
+/// `importer read-cells` (hidden): the child side of the contained calamine reader.
+#[derive(Debug, Clone, Args)]
+pub struct ReadCellsArgs {
+    /// The workbook
+    pub file: PathBuf,
+
+    /// Sheet name, or 0-based index; default: the first sheet
+    #[arg(long)]
+    pub sheet: Option<String>,
 }
 
 /// How rows are written to PostgreSQL.
