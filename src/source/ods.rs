@@ -1243,14 +1243,6 @@ mod tests {
                 ),
                 vec![(0, 0), (1, 0), (2, 0), (3, 0)],
             ),
-            (
-                "a value repeated past the widest row stops at MAX_COLUMNS",
-                row(&format!(
-                    r#"<table:table-cell table:number-columns-repeated="16383"/><table:table-cell office:value-type="float" office:value="1" table:number-columns-repeated="100000"/>{}"#,
-                    one("1")
-                )),
-                vec![(0, 16_383)],
-            ),
         ];
         for (label, rows, expected) in cases {
             let got: Vec<(u32, u32)> = read(&rows)
@@ -1283,9 +1275,131 @@ mod tests {
     }
 
     #[test]
-    fn repeats_past_the_last_row_stop_there() {
-        let rows = r#"<table:table-row table:number-rows-repeated="4294967295"><table:table-cell/></table:table-row><table:table-row table:number-rows-repeated="9"><table:table-cell office:value-type="float" office:value="1"/></table:table-row>"#;
-        assert_eq!(read(rows).unwrap(), vec![]);
+    fn values_repeated_past_the_sheet_limits_are_an_error_and_empty_repeats_are_free() {
+        let float_cell = |repeats: u32| {
+            format!(
+                r#"<table:table-cell office:value-type="float" office:value="1" table:number-columns-repeated="{repeats}"/>"#
+            )
+        };
+        let started = std::time::Instant::now();
+        // (label, rows XML, part of the error)
+        let cases = [
+            (
+                "a value row repeated 4294967295 times",
+                format!(
+                    r#"{}<table:table-row table:number-rows-repeated="4294967295">{}</table:table-row>"#,
+                    row(&float_cell(1)),
+                    float_cell(16_384)
+                ),
+                "row 2 holds values repeated over 4294967295 rows, past the last row a sheet may have (1048576)",
+            ),
+            (
+                "a value after 4294967295 empty rows",
+                format!(
+                    r#"<table:table-row table:number-rows-repeated="4294967295"><table:table-cell table:number-columns-repeated="16384"/></table:table-row>{}"#,
+                    row(&float_cell(1))
+                ),
+                "past the last row a sheet may have",
+            ),
+            (
+                "a value repeated past XFD",
+                row(&format!(
+                    r#"<table:table-cell table:number-columns-repeated="16383"/>{}"#,
+                    float_cell(100_000)
+                )),
+                "cell XFD1: a value repeated over 100000 columns reaches past the last column",
+            ),
+            (
+                "a long string repeated across the row",
+                row(&format!(
+                    r#"<table:table-cell office:value-type="string" office:string-value="{}" table:number-columns-repeated="16384"/>"#,
+                    "s".repeat(65_536)
+                )),
+                "row 1 holds more than 16 MiB of text",
+            ),
+        ];
+        for (label, rows, expected) in cases {
+            let message = format!("{:#}", read(&rows).expect_err(label));
+            assert!(message.contains(expected), "{label}: {message}");
+        }
+        // empty repeats only move the position, however many they claim
+        let rows = format!(
+            r#"<table:table-row table:number-rows-repeated="1048570"><table:table-cell table:number-columns-repeated="4294967295"/></table:table-row>{}"#,
+            row(&float_cell(2))
+        );
+        assert_eq!(
+            read(&rows).unwrap(),
+            vec![((1_048_570, 0), Data::Float(1.0)), ((1_048_570, 1), Data::Float(1.0))]
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn cell_text_is_bounded_whatever_the_file_claims() {
+        let too_long = "longer than the 1 MiB a workbook cell may hold";
+        let cases = [
+            (
+                "one text:s claiming 4294967295 spaces",
+                string_cell(r#"<text:p><text:s text:c="4294967295"/></text:p>"#),
+                too_long,
+            ),
+            (
+                "many runs of 65536 spaces",
+                string_cell(&format!(
+                    "<text:p>{}</text:p>",
+                    r#"<text:s text:c="65536"/>"#.repeat(40)
+                )),
+                too_long,
+            ),
+            (
+                "a string-value attribute of 2 MiB",
+                format!(
+                    r#"<table:table-cell office:value-type="string" office:string-value="{}"/>"#,
+                    "a".repeat(2 << 20)
+                ),
+                "its office:string-value is longer than the 1 MiB",
+            ),
+            (
+                "a paragraph of 2 MiB",
+                string_cell(&format!("<text:p>{}</text:p>", "a".repeat(2 << 20))),
+                too_long,
+            ),
+            (
+                "a paragraph of 9 MiB of spaces (held by the parser)",
+                string_cell(&format!("<text:p>{}</text:p>", " ".repeat(9 << 20))),
+                "more than 8 MiB of markup or text without a break",
+            ),
+            (
+                "a tag of 9 MiB with '>' inside its quotes",
+                format!(
+                    r#"<table:table-cell office:value-type="string" table:style-name="{}"/>"#,
+                    ">".repeat(9 << 20)
+                ),
+                "more than 8 MiB of markup or text without a break",
+            ),
+        ];
+        for (label, cell, expected) in cases {
+            let message = format!("{:#}", read(&row(&cell)).expect_err(label));
+            assert!(message.contains(expected), "{label}: {message}");
+            assert!(message.len() < 400, "{label}: {} bytes", message.len());
+        }
+        // a cell just under the limit is read
+        let text_cell = string_cell(&format!("<text:p>{}</text:p>", "a".repeat(1 << 20)));
+        let got = read(&row(&text_cell)).unwrap();
+        assert_eq!(got, vec![((0, 0), text(&"a".repeat(1 << 20)))]);
+    }
+
+    #[test]
+    fn whitespace_between_elements_is_skipped_not_held() {
+        // 9 MiB runs of layout whitespace, past what the parser may hold for one event
+        let gap = " \n\t".repeat(3 << 20);
+        let rows = format!(
+            "{}{gap}{}{gap}",
+            row(&string_cell("<text:p>a</text:p>")),
+            row(&format!("{gap}{}", string_cell("<text:p> b </text:p>")))
+        );
+        let got = read(&rows).unwrap();
+        assert_eq!(got, vec![((0, 0), text("a")), ((1, 0), text(" b "))]);
     }
 
     #[test]

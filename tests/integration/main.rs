@@ -4,6 +4,7 @@
 mod cli;
 mod create_table;
 mod formats;
+mod hostile_inputs;
 mod modes;
 mod nightly;
 mod rejects;
