@@ -29,9 +29,7 @@ fn main() -> ExitCode {
     match std::env::current_exe() {
         Ok(executable) => importer::source::contain_calamine_in(executable),
         Err(error) => {
-            return fail(
-                &anyhow::Error::new(error).context("cannot find the importer executable"),
-            );
+            return fail(&anyhow::Error::new(error).context("cannot find the importer executable"));
         }
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -47,11 +45,18 @@ fn main() -> ExitCode {
                 Command::Bench(args) => cmd::bench::run(args).await,
                 Command::Generate(args) => cmd::generate::run(&args),
                 Command::History(args) => cmd::history::run(args).await,
-                Command::ReadCells(_) => unreachable!("read-cells is served before the runtime starts"),
+                Command::ReadCells(_) => {
+                    unreachable!("read-cells is served before the runtime starts")
+                }
             }
         })
     }))
-    .unwrap_or_else(|panic| Err(anyhow::anyhow!("internal error (a bug in importer): {}", panic_text(panic.as_ref()))));
+    .unwrap_or_else(|panic| {
+        Err(anyhow::anyhow!(
+            "internal error (a bug in importer): {}",
+            panic_text(panic.as_ref())
+        ))
+    });
     match outcome {
         Ok(Outcome::AllIn) => ExitCode::SUCCESS,
         Ok(Outcome::SomeRejected) => ExitCode::from(3),

@@ -129,6 +129,10 @@ mod tests {
         let got = final_line(&line);
         assert!(!got.contains('\n'));
         assert!(got.chars().count() < MAX_LINE_CHARS + 40, "{}", got.len());
-        assert!(got.ends_with("(20000017 characters)"), "{}", &got[got.len() - 40..]);
+        assert!(
+            got.ends_with("(20000017 characters)"),
+            "{}",
+            &got[got.len() - 40..]
+        );
     }
 }

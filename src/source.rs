@@ -14,6 +14,8 @@
 //! child process with memory and CPU limits (`isolated`, switched on by
 //! [`contain_calamine_in`]); library callers (tests, benches) read in-process.
 
+#[cfg(test)]
+mod fuzz_tests;
 mod isolated;
 mod ods;
 
@@ -179,7 +181,9 @@ pub fn read_rows(
         });
     }
     let result = match CALAMINE_CHILD.get() {
-        Some(executable) => isolated::read_sheet(executable, path, spec.sheet.as_deref(), &mut rows),
+        Some(executable) => {
+            isolated::read_sheet(executable, path, spec.sheet.as_deref(), &mut rows)
+        }
         None => read_calamine(
             path,
             spec.sheet.as_deref(),
@@ -705,6 +709,57 @@ mod tests {
     fn a_stray_cell_beyond_the_last_excel_column_is_ignored() {
         let rows = collect(&[((0, 0), Data::Int(1)), ((0, 5_000_000), Data::Int(2))], 1);
         assert_eq!(rows[0].cells, vec![Data::Int(1)]);
+    }
+
+    #[test]
+    fn a_cell_or_row_past_the_text_limits_stops_reading_with_one_error() {
+        let text = |length: usize| Data::String("x".repeat(length));
+        // (label, cells, the error)
+        let cases = [
+            (
+                "a cell of 1 MiB + 1 in the header",
+                vec![((0, 1), text(MAX_CELL_TEXT_BYTES + 1))],
+                "cell B1 holds 1048577 bytes of text, more than the 1 MiB a workbook cell may hold",
+            ),
+            (
+                "a long cell in a data row",
+                vec![((0, 0), text(2)), ((3, 2), text(5 << 20))],
+                "cell C4 holds 5242880 bytes of text",
+            ),
+            (
+                "17 cells of 1 MiB in one row",
+                (0..17)
+                    .map(|column| ((1, column), text(MAX_CELL_TEXT_BYTES)))
+                    .collect(),
+                "row 2 holds more than 16 MiB of text",
+            ),
+        ];
+        for (label, cells, expected) in cases {
+            let mut seen = 0;
+            let mut visit = |_row: SheetRow| {
+                seen += 1;
+                ControlFlow::Continue(())
+            };
+            let mut rows = RowAssembler::new(0, &mut visit);
+            for (position, cell) in cells {
+                rows.push_owned(position, cell);
+            }
+            let message = format!("{:#}", rows.finish().expect_err(label));
+            assert!(message.starts_with(expected), "{label}: {message}");
+        }
+        // a borrowed cell is measured before it is copied
+        let long = "y".repeat(MAX_CELL_TEXT_BYTES + 1);
+        let mut visit = |_row: SheetRow| ControlFlow::Continue(());
+        let mut rows = RowAssembler::new(0, &mut visit);
+        rows.push((0, 0), CellView::Text(&long));
+        assert!(rows.stopped);
+        assert!(rows.current.is_none());
+        // CSV is bounded by its own reader, not here
+        let mut visit = |_row: SheetRow| ControlFlow::Continue(());
+        let mut rows = RowAssembler::new(0, &mut visit);
+        rows.bounded = false;
+        rows.push_owned((0, 0), text(MAX_CELL_TEXT_BYTES + 1));
+        assert!(rows.finish().is_ok());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::record::RunRecord;
 use super::{Outcome, Signal, wait_for_signal};
 use crate::cli::{ImportArgs, Method, RunArgs};
 use crate::job::ImportJob;
+use crate::message::{shown, shown_path};
 use crate::progress::{Progress, RowCounter};
 use crate::rejects::RejectLog;
 use crate::schema::{
@@ -77,7 +78,8 @@ async fn import(args: RunArgs, record: &mut RunRecord) -> anyhow::Result<Outcome
                 .collect();
             let described: Vec<String> = columns
                 .iter()
-                .map(|column| format!("{} {}", column.name, column.sql_type))
+                // header names come from the file: escaped and cut like any name in a log line
+                .map(|column| format!("{} {}", shown(&column.name), column.sql_type))
                 .collect();
             info!(table = %prepared.table_name, columns = %described.join(", "), "dry run: the table does not exist and would be created");
             TargetTable {
@@ -114,8 +116,8 @@ async fn import(args: RunArgs, record: &mut RunRecord) -> anyhow::Result<Outcome
     let (pool, columns) = (job.pool.clone(), job.columns.clone());
     let shape = RunShape::new(args.method, &args.import.file, &table_name, &job);
     info!(
-        file = %args.import.file.display(),
-        sheet = %job.header.sheet_name,
+        file = %shown_path(&args.import.file),
+        sheet = %shown(&job.header.sheet_name),
         table = %table_name,
         method = args.method.name(),
         workers = shape.workers,

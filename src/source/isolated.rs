@@ -136,10 +136,7 @@ impl std::fmt::Display for LimitError {
 impl std::error::Error for LimitError {}
 
 /// Decodes frames into `rows` until the end frame, the child's error, or `rows` stops.
-fn receive(
-    input: &mut impl Read,
-    rows: &mut RowAssembler<'_>,
-) -> anyhow::Result<Received> {
+fn receive(input: &mut impl Read, rows: &mut RowAssembler<'_>) -> anyhow::Result<Received> {
     let mut summary = SheetSummary {
         sheet_name: String::new(),
         declared_last_row: None,
@@ -154,14 +151,15 @@ fn receive(
             FRAME_CELL => {
                 let row_index = read_u32(input)?;
                 let column_index = read_u32(input)?;
-                let cell = read_cell(input).map_err(|error| {
-                    match error.downcast::<CellTooLong>() {
-                        Ok(CellTooLong(length)) => {
-                            anyhow::Error::new(LimitError(cell_too_long(row_index, column_index, length)))
-                        }
+                let cell =
+                    read_cell(input).map_err(|error| match error.downcast::<CellTooLong>() {
+                        Ok(CellTooLong(length)) => anyhow::Error::new(LimitError(cell_too_long(
+                            row_index,
+                            column_index,
+                            length,
+                        ))),
                         Err(error) => error,
-                    }
-                })?;
+                    })?;
                 rows.push_owned((row_index, column_index), cell);
             }
             FRAME_ERROR => {
@@ -664,8 +662,16 @@ mod tests {
             Data::Int(-(1 << 62)),
             Data::Float(-0.5),
             Data::Bool(true),
-            Data::DateTime(ExcelDateTime::new(45351.5, ExcelDateTimeType::DateTime, false)),
-            Data::DateTime(ExcelDateTime::new(100.25, ExcelDateTimeType::DateTime, true)),
+            Data::DateTime(ExcelDateTime::new(
+                45351.5,
+                ExcelDateTimeType::DateTime,
+                false,
+            )),
+            Data::DateTime(ExcelDateTime::new(
+                100.25,
+                ExcelDateTimeType::DateTime,
+                true,
+            )),
             Data::DateTime(ExcelDateTime::new(1.5, ExcelDateTimeType::TimeDelta, false)),
             Data::DateTimeIso("2024-02-29T13:45:30".to_string()),
             Data::DurationIso("PT1H".to_string()),
@@ -689,7 +695,10 @@ mod tests {
             Err(error) => format!("{error:#}"),
             Ok(_) => panic!("an oversized cell was accepted"),
         };
-        assert!(error.starts_with("cell B3 holds 4294967295 bytes of text"), "{error}");
+        assert!(
+            error.starts_with("cell B3 holds 4294967295 bytes of text"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -28,7 +28,8 @@ use quick_xml::{Reader, XmlVersion};
 use zip::ZipArchive;
 
 use super::{
-    MAX_CELL_TEXT_BYTES, MAX_COLUMNS, MAX_ROW_TEXT_BYTES, MAX_ROWS, cell_name, innermost_cause};
+    MAX_CELL_TEXT_BYTES, MAX_COLUMNS, MAX_ROW_TEXT_BYTES, MAX_ROWS, cell_name, innermost_cause,
+};
 use crate::message::quoted;
 
 /// The part of the package that holds the sheets.
@@ -63,7 +64,8 @@ impl OdsWorkbook {
                 crate::message::shown_path(path)
             )
         };
-        let file = File::open(path).with_context(|| format!("cannot open {}", crate::message::shown_path(path)))?;
+        let file = File::open(path)
+            .with_context(|| format!("cannot open {}", crate::message::shown_path(path)))?;
         let mut archive = ZipArchive::new(BufReader::new(file))
             .map_err(|error| anyhow!(innermost_cause(&error)))
             .with_context(unreadable)?;
@@ -973,10 +975,14 @@ mod tests {
     fn read(rows: &str) -> anyhow::Result<Vec<((u32, u32), Data)>> {
         let xml = content_xml(&[("S", rows)]);
         let mut cells = Vec::new();
-        let found = read_sheet_cells(xml.as_bytes(), "S", &mut |position: (u32, u32), cell: Data| {
-            cells.push((position, cell));
-            ControlFlow::Continue(())
-        })?;
+        let found = read_sheet_cells(
+            xml.as_bytes(),
+            "S",
+            &mut |position: (u32, u32), cell: Data| {
+                cells.push((position, cell));
+                ControlFlow::Continue(())
+            },
+        )?;
         assert!(found, "sheet S is in the test XML");
         Ok(cells)
     }
@@ -1329,7 +1335,10 @@ mod tests {
         );
         assert_eq!(
             read(&rows).unwrap(),
-            vec![((1_048_570, 0), Data::Float(1.0)), ((1_048_570, 1), Data::Float(1.0))]
+            vec![
+                ((1_048_570, 0), Data::Float(1.0)),
+                ((1_048_570, 1), Data::Float(1.0))
+            ]
         );
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
@@ -1409,10 +1418,14 @@ mod tests {
         let xml = content_xml(&[("Zeta", &first), ("Alpha", &second)]);
         assert_eq!(read_sheet_names(xml.as_bytes()).unwrap(), ["Zeta", "Alpha"]);
         let mut cells = Vec::new();
-        let found = read_sheet_cells(xml.as_bytes(), "Alpha", &mut |position: (u32, u32), cell: Data| {
-            cells.push((position, cell));
-            ControlFlow::Continue(())
-        })
+        let found = read_sheet_cells(
+            xml.as_bytes(),
+            "Alpha",
+            &mut |position: (u32, u32), cell: Data| {
+                cells.push((position, cell));
+                ControlFlow::Continue(())
+            },
+        )
         .unwrap();
         assert!(found);
         assert_eq!(cells, vec![((0, 0), text("second"))]);
@@ -1479,7 +1492,9 @@ mod tests {
         for (label, xml, expected) in cases {
             let error = read_sheet_names(xml.as_bytes())
                 .and_then(|_| {
-                    read_sheet_cells(xml.as_bytes(), "S", &mut |_: (u32, u32), _: Data| ControlFlow::Continue(()))
+                    read_sheet_cells(xml.as_bytes(), "S", &mut |_: (u32, u32), _: Data| {
+                        ControlFlow::Continue(())
+                    })
                 })
                 .expect_err(label);
             let message = format!("{error:#}");
@@ -1569,7 +1584,9 @@ mod tests {
             .unwrap();
         assert_eq!(cells, vec![((0, 0), text("b"))]);
         let missing = workbook
-            .read_sheet("Three", &mut |_: (u32, u32), _: Data| ControlFlow::Continue(()))
+            .read_sheet("Three", &mut |_: (u32, u32), _: Data| {
+                ControlFlow::Continue(())
+            })
             .unwrap_err();
         assert_eq!(
             format!("{missing:#}"),

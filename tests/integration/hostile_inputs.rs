@@ -276,7 +276,13 @@ crashers! {
 fn the_nul_in_a_zip_member_name_is_shown_escaped() {
     let db = TestDb::new();
     let path = fixture("crashers/m02953.xlsx");
-    let run = db.importer(&["run", "--dry-run", "-t", "fz", path.to_str().expect("UTF-8 path")]);
+    let run = db.importer(&[
+        "run",
+        "--dry-run",
+        "-t",
+        "fz",
+        path.to_str().expect("UTF-8 path"),
+    ]);
     let line = fatal_error_line(&run);
     assert!(line.contains(r"workbook.xm\0l.rels"), "{line}");
 }
