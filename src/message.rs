@@ -55,16 +55,14 @@ pub fn final_line(line: &str) -> String {
 /// (counting an escape as one), then notes the full length.
 fn cut(text: &str, max_chars: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max_chars * 2));
-    let mut kept = 0_usize;
     let mut characters = text.chars();
-    for character in characters.by_ref() {
+    for (kept, character) in characters.by_ref().enumerate() {
         if kept == max_chars {
             let rest = 1 + characters.count();
             out.push_str(&format!("… ({} characters)", kept + rest));
             return out;
         }
         push_escaped(&mut out, character);
-        kept += 1;
     }
     out
 }

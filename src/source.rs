@@ -56,6 +56,9 @@ pub const MAX_CELL_TEXT_BYTES: usize = 1 << 20;
 /// from making a row of gigabytes.
 pub const MAX_ROW_TEXT_BYTES: usize = 16 << 20;
 
+/// Where a calamine reader hands each non-empty cell, at its 0-based (row, column).
+pub(crate) type CellEmitter<'a> = dyn FnMut((u32, u32), CellView<'_>) -> ControlFlow<()> + 'a;
+
 /// The executable that reads calamine formats in a child process, once the binary said so.
 static CALAMINE_CHILD: OnceLock<PathBuf> = OnceLock::new();
 
@@ -223,7 +226,7 @@ pub(crate) fn read_calamine(
     path: &Path,
     wanted_sheet: Option<&str>,
     started: &mut dyn FnMut(&SheetSummary),
-    emit: &mut dyn FnMut((u32, u32), CellView<'_>) -> ControlFlow<()>,
+    emit: &mut CellEmitter<'_>,
 ) -> anyhow::Result<SheetSummary> {
     let mut workbook = open_workbook(path)?;
     let sheet_name = pick_sheet(&workbook.sheet_names(), wanted_sheet, path)?;
@@ -362,10 +365,7 @@ fn pick_sheet(names: &[String], wanted: Option<&str>, path: &Path) -> anyhow::Re
     )
 }
 
-fn read_range(
-    range: &Range<Data>,
-    emit: &mut dyn FnMut((u32, u32), CellView<'_>) -> ControlFlow<()>,
-) {
+fn read_range(range: &Range<Data>, emit: &mut CellEmitter<'_>) {
     let Some((start_row, start_column)) = range.start() else {
         return;
     };
@@ -573,8 +573,8 @@ pub(crate) fn cell_too_long(row_index: u32, column_index: u32, length: usize) ->
 /// A limit in bytes, as messages show it.
 fn describe_bytes(bytes: usize) -> String {
     match bytes {
-        _ if bytes % (1 << 20) == 0 => format!("{} MiB", bytes >> 20),
-        _ if bytes % (1 << 10) == 0 => format!("{} KiB", bytes >> 10),
+        _ if bytes.is_multiple_of(1 << 20) => format!("{} MiB", bytes >> 20),
+        _ if bytes.is_multiple_of(1 << 10) => format!("{} KiB", bytes >> 10),
         _ => format!("{bytes} bytes"),
     }
 }

@@ -80,6 +80,8 @@ fn run_measured(args: &[&std::ffi::OsStr], database_url: &str) -> Measured {
         });
     }
     let started = Instant::now();
+    // reaped by wait4 below, which also gives its CPU time and peak memory
+    #[allow(clippy::zombie_processes)]
     let mut child = command.spawn().expect("the importer binary starts");
     let drain = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
