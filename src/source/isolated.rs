@@ -3,7 +3,7 @@
 //! cannot be kept from doing on a hostile file (panic, abort on an allocation the file
 //! claims, loop for minutes) ends the child, not the import, and becomes one error line.
 //!
-//! The child runs with an address-space limit of [`MEMORY_BASE_BYTES`] plus
+//! The child runs with an address-space limit of [`MEMORY_BASE_BYTES`] (2 GiB) plus
 //! [`MEMORY_BYTES_PER_FILE_BYTE`] times the file's size (what a real workbook of that size
 //! needs, with room), a CPU-time limit scaled the same way, no core dumps, and
 //! `PR_SET_PDEATHSIG` so it dies with the parent. It sets a silent panic hook and streams
@@ -38,9 +38,11 @@ use super::{
 };
 use crate::message::{shown, shown_path};
 
-/// Address space the child may use whatever the file: the binary, its allocator's
-/// reservations and calamine's fixed costs, with room for a large honest sheet.
-const MEMORY_BASE_BYTES: u64 = 1 << 30;
+/// Address space the child may use whatever the file: 2 GiB. calamine holds an .xls sheet
+/// as a dense grid of 32-byte cells, and a real .xls may have a cell at its last position
+/// (IV65536: 16.7 million cells, 512 MiB, built while the cells read are still held), so
+/// a small honest file can need 1.2 GB; the binary and its allocator need the rest.
+const MEMORY_BASE_BYTES: u64 = 2 << 30;
 
 /// Address space the child may use per byte of the file: a real workbook expands about
 /// 5-15 times when its sheet and shared strings are inflated and held as cells.
@@ -109,7 +111,12 @@ pub(super) fn read_sheet(
         Ok(Received::Stopped(summary)) => Ok(summary),
         Ok(Received::Failed(message)) => Err(anyhow!(message)),
         Err(error) if error.is::<LimitError>() => Err(error),
-        Err(error) => Err(explain_ending(&ended, &limits, path).unwrap_or(error)),
+        Err(error) => Err(explain_ending(&ended, &limits, path).unwrap_or_else(|| {
+            error.context(format!(
+                "cannot read {}: the reader's output ended early",
+                shown_path(path)
+            ))
+        })),
     }
 }
 
@@ -349,8 +356,8 @@ impl Drop for ReaderChild {
     }
 }
 
-/// In the forked child, before exec: the memory and CPU limits, no core file, and death
-/// with the parent.
+/// In the forked child, before exec: the memory and CPU limits, no core file, death with
+/// the parent, and the stop signals left to the parent.
 fn contain_self(limits: Limits, parent: u32) -> io::Result<()> {
     set_limit(libc::RLIMIT_AS, limits.memory_bytes, limits.memory_bytes)?;
     // the soft limit sends SIGXCPU, the hard one (a little later) SIGKILL
@@ -364,10 +371,20 @@ fn contain_self(limits: Limits, parent: u32) -> io::Result<()> {
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // the parent may have died before prctl took effect
+    // the parent may have died before prctl took effect (no allocation here: after fork,
+    // only async-signal-safe calls)
     // SAFETY: getppid has no preconditions.
     if unsafe { libc::getppid() } as u32 != parent {
-        return Err(io::Error::other("the parent is gone"));
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    // Ctrl-C and SIGTERM reach the whole process group: the parent handles them (it stops
+    // reading, finishes what it read, and kills the child), so they must not kill the
+    // child first and look like a broken file
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: signal with SIG_IGN installs no handler code; it is async-signal-safe.
+        if unsafe { libc::signal(signal, libc::SIG_IGN) } == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
     }
     Ok(())
 }
@@ -713,7 +730,7 @@ mod tests {
     #[test]
     fn limits_grow_with_the_file() {
         let small = Limits::for_file(1_770);
-        assert_eq!(small.memory_bytes, (1 << 30) + 32 * 1_770);
+        assert_eq!(small.memory_bytes, (2 << 30) + 32 * 1_770);
         assert_eq!(small.cpu_seconds, 10);
         let large = Limits::for_file(100 << 20);
         assert_eq!(large.cpu_seconds, 410);

@@ -29,8 +29,8 @@ const MAX_CPU_SECONDS: f64 = 150.0;
 const HANG_AFTER: Duration = Duration::from_secs(600);
 
 /// Peak resident memory, in KiB, for the workbook formats calamine may read: the contained
-/// reader may use up to its limit (about 1 GiB for these sizes) before it is stopped.
-const MAX_RSS_KIB_CONTAINED: u64 = 1_300_000;
+/// reader may use up to its limit (about 2 GiB for these sizes) before it is stopped.
+const MAX_RSS_KIB_CONTAINED: u64 = 2_300_000;
 
 /// Peak resident memory, in KiB, for .ods files (our own streaming reader).
 const MAX_RSS_KIB_STREAMED: u64 = 400_000;
