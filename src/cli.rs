@@ -47,6 +47,10 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the manual page (roff) on stdout (e.g. importer man | man -l -)
     Man,
+    /// Internal: read one sheet with calamine and stream its cells on stdout (the contained
+    /// reader `run` starts for .xls, .xlsb and calamine-read .xlsx; not for people)
+    #[command(hide = true)]
+    ReadCells(ReadCellsArgs),
 }
 
 /// `importer completions`.
@@ -55,6 +59,17 @@ pub struct CompletionsArgs {
     /// The shell to complete for
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+/// `importer read-cells` (hidden): the child side of the contained calamine reader.
+#[derive(Debug, Clone, Args)]
+pub struct ReadCellsArgs {
+    /// The workbook
+    pub file: PathBuf,
+
+    /// Sheet name, or 0-based index; default: the first sheet
+    #[arg(long)]
+    pub sheet: Option<String>,
 }
 
 /// How rows are written to PostgreSQL.
@@ -508,7 +523,11 @@ impl Cli {
                 &args.import
             }
             Command::Bench(args) => &args.import,
-            Command::Generate(_) | Command::History(_) | Command::Completions(_) | Command::Man => {
+            Command::Generate(_)
+            | Command::History(_)
+            | Command::Completions(_)
+            | Command::Man
+            | Command::ReadCells(_) => {
                 return Ok(());
             }
         };

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cmd;
 pub mod convert;
 pub mod job;
+pub mod message;
 pub mod pipeline;
 pub mod progress;
 pub mod rejects;

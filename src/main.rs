@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use importer::cli::{Cli, Command, LogFormat};
 use importer::cmd::{self, Outcome};
+use importer::message::final_line;
 use importer::progress::{self, DisplaySettings};
 use tracing_subscriber::EnvFilter;
 
@@ -15,7 +16,15 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // A panic (in a reader library, say) is turned into the one `error:` line by whoever
+    // catches it (join handles, the contained reader, `catch_unwind` below); the default
+    // hook's message and backtrace would only come before that line as noise.
+    std::panic::set_hook(Box::new(|_| {}));
     let cli = Cli::parse(); // usage errors exit 2 (clap)
+    if let Command::ReadCells(args) = &cli.command {
+        // the contained reader's child: no logging, no runtime, frames on stdout
+        return importer::source::serve_cells(&args.file, args.sheet.as_deref());
+    }
     if let Err(error) = cli.check_usage() {
         error.exit(); // 2, as clap's own: before any file, connection or ledger row
     }
@@ -23,6 +32,14 @@ fn main() -> ExitCode {
     let display = DisplaySettings::detect(cli.quiet);
     progress::configure(display);
     init_logging(cli.verbose, display, log_format);
+    // calamine's formats are read in a child process of this binary (see source::isolated)
+    match std::env::current_exe() {
+        Ok(executable) => importer::source::contain_calamine_in(executable),
+        Err(error) => {
+            let error = anyhow::Error::new(error).context("cannot find the importer executable");
+            return fail(&error, log_format);
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -32,15 +49,26 @@ fn main() -> ExitCode {
             );
         }
     };
-    let outcome = runtime.block_on(async {
-        match cli.command {
-            Command::Run(args) => cmd::run::run(args).await,
-            Command::Bench(args) => cmd::bench::run(args).await,
-            Command::Generate(args) => cmd::generate::run(&args),
-            Command::History(args) => cmd::history::run(args).await,
-            Command::Completions(args) => cmd::manual::completions(args.shell),
-            Command::Man => cmd::manual::man_page(),
-        }
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(async {
+            match cli.command {
+                Command::Run(args) => cmd::run::run(args).await,
+                Command::Bench(args) => cmd::bench::run(args).await,
+                Command::Generate(args) => cmd::generate::run(&args),
+                Command::History(args) => cmd::history::run(args).await,
+                Command::Completions(args) => cmd::manual::completions(args.shell),
+                Command::Man => cmd::manual::man_page(),
+                Command::ReadCells(_) => {
+                    unreachable!("read-cells is served before the runtime starts")
+                }
+            }
+        })
+    }))
+    .unwrap_or_else(|panic| {
+        Err(anyhow::anyhow!(
+            "internal error (a bug in importer): {}",
+            panic_text(panic.as_ref())
+        ))
     });
     // a file reader stopped by a signal may still be inside a read: everything that counts
     // has been awaited, so the process does not wait for it
@@ -56,9 +84,11 @@ fn main() -> ExitCode {
 /// Prints the one line a fatal error gets on stderr, and exits 1: `error: ...` for text
 /// logs, or one object shaped like tracing's JSON lines for `--log-format json`. It is
 /// printed whatever `RUST_LOG` says, since it is the run's verdict rather than a log line.
+/// The line passes a last guard (control characters escaped, length capped) in case a
+/// library's message quoted something from the file unescaped.
 #[allow(clippy::print_stderr)]
 fn fail(error: &anyhow::Error, log_format: LogFormat) -> ExitCode {
-    let message = error_line(error);
+    let message = final_line(&error_line(error));
     match log_format {
         LogFormat::Text => eprintln!("error: {message}"),
         LogFormat::Json => {
@@ -108,6 +138,17 @@ fn error_line(error: &anyhow::Error) -> String {
     }
     // one line, whatever a message holds (a server's DETAIL, a path with a newline)
     parts.join(": ").replace(['\n', '\r'], " ")
+}
+
+/// The text a panic was raised with.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
 }
 
 fn init_logging(verbose: u8, display: DisplaySettings, format: LogFormat) {

@@ -10,6 +10,8 @@ use std::path::Path;
 use anyhow::bail;
 use calamine::Data;
 
+use crate::message::quoted;
+
 /// How a column's values are validated and rendered client-side (contract: conversion table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnType {
@@ -140,16 +142,19 @@ pub fn fold_header_row(header: &[String]) -> anyhow::Result<Vec<String>> {
                 );
             }
             bail!(
-                "header cell {} ({cell:?}) has no letters or digits to name a column",
-                column_letter(sheet_column)
+                "header cell {} ({}) has no letters or digits to name a column",
+                column_letter(sheet_column),
+                quoted(cell)
             );
         }
         if let Some(first) = seen.insert(folded.clone(), sheet_column) {
             bail!(
-                "header cells {} ({:?}) and {} ({cell:?}) both fold to {folded:?}; rename one",
+                "header cells {} ({}) and {} ({}) both fold to {}; rename one",
                 column_letter(first),
-                header[first],
-                column_letter(sheet_column)
+                quoted(&header[first]),
+                column_letter(sheet_column),
+                quoted(cell),
+                quoted(&folded)
             );
         }
         folded_names.push(folded);
@@ -185,15 +190,18 @@ pub fn map_header(
             match by_folded.get(folded).map(Vec::as_slice) {
                 Some([only]) => Ok(*only),
                 Some([first, second, ..]) => Err(anyhow::anyhow!(
-                    "header {cell:?} (as {folded:?}) matches two columns of table {table_name}, {:?} and {:?}; rename the header cell to one of them exactly",
-                    columns[*first].name,
-                    columns[*second].name
+                    "header {} (as {}) matches two columns of table {table_name}, {} and {}; rename the header cell to one of them exactly",
+                    quoted(cell),
+                    quoted(folded),
+                    quoted(&columns[*first].name),
+                    quoted(&columns[*second].name)
                 )),
                 _ => {
-                    let names: Vec<String> =
-                        columns.iter().map(|c| format!("{:?}", c.name)).collect();
+                    let names: Vec<String> = columns.iter().map(|c| quoted(&c.name)).collect();
                     Err(anyhow::anyhow!(
-                        "header {cell:?} (as {folded:?}) matches no column of table {table_name} (columns: {})",
+                        "header {} (as {}) matches no column of table {table_name} (columns: {})",
+                        quoted(cell),
+                        quoted(folded),
                         names.join(", ")
                     ))
                 }

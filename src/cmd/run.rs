@@ -17,6 +17,7 @@ use super::record::{self, RunRecord};
 use super::{Outcome, Signal, SignalListener};
 use crate::cli::{ImportArgs, Method, RunArgs};
 use crate::job::ImportJob;
+use crate::message::{shown, shown_path};
 use crate::progress::{self, Progress, RowCounter};
 use crate::rejects::RejectLog;
 use crate::schema::{
@@ -171,8 +172,8 @@ async fn import(
     let fence = job.chunk_ledger.clone();
     let shape = RunShape::new(args.method, &args.import.file, &table_name, &job);
     info!(
-        file = %args.import.file.display(),
-        sheet = %job.header.sheet_name,
+        file = %shown_path(&args.import.file),
+        sheet = %shown(&job.header.sheet_name),
         table = %table_name,
         method = args.method.name(),
         workers = shape.workers,

@@ -24,11 +24,13 @@ use anyhow::{Context, anyhow, bail};
 use calamine::{CellErrorType, Data};
 use quick_xml::errors::IllFormedError;
 use quick_xml::events::{BytesRef, BytesStart, Event};
-use quick_xml::name::QName;
 use quick_xml::{Reader, XmlVersion};
 use zip::ZipArchive;
 
-use super::{MAX_COLUMNS, innermost_cause};
+use super::{
+    MAX_CELL_TEXT_BYTES, MAX_COLUMNS, MAX_ROW_TEXT_BYTES, MAX_ROWS, cell_name, innermost_cause,
+};
+use crate::message::quoted;
 
 /// The part of the package that holds the sheets.
 const CONTENT_XML: &str = "content.xml";
@@ -36,17 +38,16 @@ const CONTENT_XML: &str = "content.xml";
 /// The package manifest, which marks encrypted parts.
 const MANIFEST_XML: &str = "META-INF/manifest.xml";
 
-/// Tallest sheet read, in rows: LibreOffice's own limit with jumbo sheets (16,777,216). A
-/// repeated row reaching past it is cut there, so a repeat count cannot emit rows without
-/// bound.
-const MAX_ROWS: u32 = 1 << 24;
-
-/// Most spaces one `<text:s text:c="..."/>` expands to, so a tiny element cannot allocate
-/// without bound; no real cell holds a longer run.
-const MAX_SPACE_RUN: usize = 1 << 16;
-
 /// Read buffer for the decompressed `content.xml`, in bytes.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Most bytes the XML parser may hold for one event (a tag with its attributes, or a run
+/// of text between two tags): eight times a cell's text limit, room for the longest cell
+/// written with character references. Whitespace between elements is skipped, not held.
+const MAX_EVENT_BYTES: usize = 8 * MAX_CELL_TEXT_BYTES;
+
+/// The XML reader over a part of the package, holding each event to [`MAX_EVENT_BYTES`].
+type XmlReader<R> = Reader<BoundedXml<R>>;
 
 /// An open .ods package; each read streams `content.xml` again from the zip.
 pub(crate) struct OdsWorkbook {
@@ -60,23 +61,24 @@ impl OdsWorkbook {
         let unreadable = || {
             format!(
                 "cannot open {}: not a readable workbook (corrupt or truncated?)",
-                path.display()
+                crate::message::shown_path(path)
             )
         };
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file = File::open(path)
+            .with_context(|| format!("cannot open {}", crate::message::shown_path(path)))?;
         let mut archive = ZipArchive::new(BufReader::new(file))
             .map_err(|error| anyhow!(innermost_cause(&error)))
             .with_context(unreadable)?;
         if archive.index_for_name(CONTENT_XML).is_none() {
             bail!(
                 "cannot open {}: not a readable workbook ({CONTENT_XML} is missing)",
-                path.display()
+                crate::message::shown_path(path)
             );
         }
         if is_encrypted(&mut archive) {
             bail!(
                 "cannot open {}: it is password protected (save a copy without a password)",
-                path.display()
+                crate::message::shown_path(path)
             );
         }
         Ok(Self {
@@ -87,9 +89,19 @@ impl OdsWorkbook {
 
     /// The sheet names in document order, for `pick_sheet`; cells are skipped, not decoded.
     pub(crate) fn sheet_names(&mut self) -> anyhow::Result<Vec<String>> {
-        let path = self.path.display().to_string();
+        self.sheet_names_up_to(usize::MAX)
+    }
+
+    /// The first sheet's name only: the scan stops there instead of reading past every
+    /// sheet's cells.
+    pub(crate) fn first_sheet_name(&mut self) -> anyhow::Result<Vec<String>> {
+        self.sheet_names_up_to(1)
+    }
+
+    fn sheet_names_up_to(&mut self, limit: usize) -> anyhow::Result<Vec<String>> {
+        let path = crate::message::shown_path(&self.path);
         self.content()
-            .and_then(read_sheet_names)
+            .and_then(|xml| read_sheet_names_up_to(xml, limit))
             .with_context(|| format!("cannot read the sheets of {path}"))
     }
 
@@ -98,10 +110,10 @@ impl OdsWorkbook {
     pub(crate) fn read_sheet(
         &mut self,
         sheet_name: &str,
-        push: &mut dyn FnMut((u32, u32), Data) -> ControlFlow<()>,
+        push: &mut dyn CellSink,
     ) -> anyhow::Result<()> {
-        let path = self.path.display().to_string();
-        let context = || format!("cannot read sheet {sheet_name:?} of {path}");
+        let path = crate::message::shown_path(&self.path);
+        let context = || format!("cannot read sheet {} of {path}", quoted(sheet_name));
         let found = self
             .content()
             .and_then(|xml| read_sheet_cells(xml, sheet_name, push))
@@ -112,12 +124,10 @@ impl OdsWorkbook {
         Ok(())
     }
 
-    fn content(&mut self) -> anyhow::Result<impl BufRead + '_> {
-        let entry = self
-            .archive
+    fn content(&mut self) -> anyhow::Result<impl Read + '_> {
+        self.archive
             .by_name(CONTENT_XML)
-            .map_err(|error| anyhow!("{CONTENT_XML}: {}", innermost_cause(&error)))?;
-        Ok(BufReader::with_capacity(READ_BUFFER_BYTES, entry))
+            .map_err(|error| anyhow!("{CONTENT_XML}: {}", innermost_cause(&error)))
     }
 }
 
@@ -129,7 +139,7 @@ fn is_encrypted<R: Read + std::io::Seek>(archive: &mut ZipArchive<R>) -> bool {
     let Ok(entry) = archive.by_name(MANIFEST_XML) else {
         return false;
     };
-    let mut reader = Reader::from_reader(BufReader::new(entry));
+    let mut reader = xml_reader(entry);
     let mut buf = Vec::new();
     loop {
         match reader.read_event_into(&mut buf) {
@@ -144,9 +154,34 @@ fn is_encrypted<R: Read + std::io::Seek>(archive: &mut ZipArchive<R>) -> bool {
     }
 }
 
+/// Where the cells of a sheet go: each non-empty cell, and the end of each row (so the
+/// receiver can finish a row without waiting for the next one: the header row is known
+/// as soon as it ends, however long the rest of the file).
+pub(crate) trait CellSink {
+    /// One non-empty cell at its 0-based (row, column).
+    fn cell(&mut self, position: (u32, u32), cell: Data) -> ControlFlow<()>;
+
+    /// The row of the cells just given is complete.
+    fn end_row(&mut self) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
+
+impl<F: FnMut((u32, u32), Data) -> ControlFlow<()>> CellSink for F {
+    fn cell(&mut self, position: (u32, u32), cell: Data) -> ControlFlow<()> {
+        self(position, cell)
+    }
+}
+
 /// Names of the `table:table` elements of `content.xml`, in document order.
-fn read_sheet_names<R: BufRead>(xml: R) -> anyhow::Result<Vec<String>> {
-    let mut reader = Reader::from_reader(xml);
+#[cfg(test)]
+fn read_sheet_names<R: Read>(xml: R) -> anyhow::Result<Vec<String>> {
+    read_sheet_names_up_to(xml, usize::MAX)
+}
+
+/// Names of the first `limit` `table:table` elements of `content.xml`, in document order.
+fn read_sheet_names_up_to<R: Read>(xml: R, limit: usize) -> anyhow::Result<Vec<String>> {
+    let mut reader = xml_reader(xml);
     let mut buf = Vec::new();
     let mut skipped = Vec::new();
     let mut names = Vec::new();
@@ -164,9 +199,10 @@ fn read_sheet_names<R: BufRead>(xml: R) -> anyhow::Result<Vec<String>> {
             }
             Event::Start(element) if element.name().as_ref() == "table:table" => {
                 names.extend(attribute(&element, "table:name")?);
-                reader
-                    .read_to_end_into(element.name(), &mut skipped)
-                    .map_err(|error| xml_error(&reader, &error))?;
+                if names.len() >= limit {
+                    return Ok(names);
+                }
+                skip_element(&mut reader, &mut skipped)?;
                 skipped.clear();
             }
             Event::Empty(element) if element.name().as_ref() == "table:table" => {
@@ -184,12 +220,12 @@ fn read_sheet_names<R: BufRead>(xml: R) -> anyhow::Result<Vec<String>> {
 
 /// Streams the cells of the first `table:table` named `sheet_name` to `push`; `false` when
 /// there is no such table.
-fn read_sheet_cells<R: BufRead>(
+fn read_sheet_cells<R: Read>(
     xml: R,
     sheet_name: &str,
-    push: &mut dyn FnMut((u32, u32), Data) -> ControlFlow<()>,
+    push: &mut dyn CellSink,
 ) -> anyhow::Result<bool> {
-    let mut reader = Reader::from_reader(xml);
+    let mut reader = xml_reader(xml);
     let mut buf = Vec::new();
     let mut skipped = Vec::new();
     loop {
@@ -203,9 +239,7 @@ fn read_sheet_cells<R: BufRead>(
                     read_table(&mut reader, &mut buf, push)?;
                     return Ok(true);
                 }
-                reader
-                    .read_to_end_into(element.name(), &mut skipped)
-                    .map_err(|error| xml_error(&reader, &error))?;
+                skip_element(&mut reader, &mut skipped)?;
                 skipped.clear();
             }
             // a sheet without rows
@@ -226,10 +260,10 @@ fn read_sheet_cells<R: BufRead>(
 }
 
 /// Reads the rows of the table whose start tag was just read, up to its end tag.
-fn read_table<R: BufRead>(
-    reader: &mut Reader<R>,
+fn read_table<R: Read>(
+    reader: &mut XmlReader<R>,
     buf: &mut Vec<u8>,
-    push: &mut dyn FnMut((u32, u32), Data) -> ControlFlow<()>,
+    push: &mut dyn CellSink,
 ) -> anyhow::Result<()> {
     let mut skipped = Vec::new();
     // the row's non-empty cells, kept to be pushed once per row repeat
@@ -245,17 +279,27 @@ fn read_table<R: BufRead>(
                 cells.clear();
                 read_row(reader, row_index, &mut cells, &mut skipped)?;
                 // a repeated non-empty row is that many rows (LibreOffice writes identical
-                // consecutive rows this way); an empty one only moves the position
-                let end = row_index.saturating_add(repeats).min(MAX_ROWS);
-                for repeat_index in row_index..end {
-                    let flow = if repeat_index + 1 == end {
-                        // the last (usually the only) copy takes the cells themselves
-                        push_row(push, repeat_index, cells.drain(..))
-                    } else {
-                        push_row(push, repeat_index, cells.iter().cloned())
-                    };
-                    if flow.is_break() {
-                        return Ok(());
+                // consecutive rows this way); an empty one only moves the position, so
+                // repeated empty rows cost nothing however many they claim to be
+                if !cells.is_empty() {
+                    let end = u64::from(row_index) + u64::from(repeats);
+                    if end > u64::from(MAX_ROWS) {
+                        bail!(
+                            "row {} holds values repeated over {repeats} rows, past the last row a sheet may have ({MAX_ROWS})",
+                            u64::from(row_index) + 1
+                        );
+                    }
+                    let end = end as u32; // at most MAX_ROWS, checked above
+                    for repeat_index in row_index..end {
+                        let flow = if repeat_index + 1 == end {
+                            // the last (usually the only) copy takes the cells themselves
+                            push_row(push, repeat_index, cells.drain(..))
+                        } else {
+                            push_row(push, repeat_index, cells.iter().cloned())
+                        };
+                        if flow.is_break() {
+                            return Ok(());
+                        }
                     }
                 }
                 row_index = row_index.saturating_add(repeats);
@@ -271,18 +315,13 @@ fn read_table<R: BufRead>(
                     "table:table-header-rows" | "table:table-row-group" | "table:table-rows"
                 ) => {}
             // columns, shapes, forms, named ranges, sources: nothing that holds cells
-            Event::Start(element) => {
-                reader
-                    .read_to_end_into(element.name(), &mut skipped)
-                    .map_err(|error| xml_error(reader, &error))?;
+            Event::Start(_) => {
+                skip_element(reader, &mut skipped)?;
                 skipped.clear();
             }
             Event::End(element) if element.name().as_ref() == "table:table" => return Ok(()),
             Event::Eof => bail!("{CONTENT_XML} ends inside the sheet (truncated?)"),
             _ => {}
-        }
-        if row_index >= MAX_ROWS {
-            return Ok(());
         }
         buf.clear();
     }
@@ -290,26 +329,27 @@ fn read_table<R: BufRead>(
 
 /// Pushes one row's cells at `row_index` until `push` breaks.
 fn push_row(
-    push: &mut dyn FnMut((u32, u32), Data) -> ControlFlow<()>,
+    push: &mut dyn CellSink,
     row_index: u32,
     cells: impl Iterator<Item = (u32, Data)>,
 ) -> ControlFlow<()> {
     for (column_index, cell) in cells {
-        push((row_index, column_index), cell)?;
+        push.cell((row_index, column_index), cell)?;
     }
-    ControlFlow::Continue(())
+    push.end_row()
 }
 
 /// Reads the cells of one `table:table-row` whose start tag was just read, up to its end
 /// tag, into `cells` as (column index, value); empty cells only move the column.
-fn read_row<R: BufRead>(
-    reader: &mut Reader<R>,
+fn read_row<R: Read>(
+    reader: &mut XmlReader<R>,
     row_index: u32,
     cells: &mut Vec<(u32, Data)>,
     buf: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
     let mut content = Vec::new();
     let mut column_index: u32 = 0;
+    let mut row_text_bytes = 0_usize;
     loop {
         let event = reader
             .read_event_into(buf)
@@ -333,9 +373,7 @@ fn read_row<R: BufRead>(
             "table:covered-table-cell" => "table:covered-table-cell",
             _ => {
                 if has_content {
-                    reader
-                        .read_to_end_into(element.name(), &mut content)
-                        .map_err(|error| xml_error(reader, &error))?;
+                    skip_element(reader, &mut content)?;
                     content.clear();
                 }
                 buf.clear();
@@ -345,25 +383,40 @@ fn read_row<R: BufRead>(
         let at_cell = || format!("cell {}", cell_name(row_index, column_index));
         let attributes = CellAttributes::parse(&element).with_context(at_cell)?;
         let repeats = attributes.column_repeats;
-        let value = if column_index < MAX_COLUMNS {
-            read_cell(reader, attributes, cell_element, has_content, &mut content)
-                .with_context(at_cell)?
-        } else {
-            // past the widest row: consumed, not decoded
-            if has_content {
-                reader
-                    .read_to_end_into(QName(cell_element), &mut content)
-                    .map_err(|error| xml_error(reader, &error))?;
-            }
-            None
-        };
+        let value = read_cell(reader, attributes, cell_element, has_content, &mut content)
+            .with_context(at_cell)?;
         content.clear();
         if let Some(value) = value {
-            let last = column_index.saturating_add(repeats).min(MAX_COLUMNS);
-            cells.extend((column_index..last).map(|index| (index, value.clone())));
+            let end = u64::from(column_index) + u64::from(repeats);
+            if end > u64::from(MAX_COLUMNS) {
+                bail!(
+                    "cell {}: a value repeated over {repeats} columns reaches past the last column a sheet may have (XFD, {MAX_COLUMNS})",
+                    cell_name(row_index, column_index)
+                );
+            }
+            // checked before the copies are made: one long string repeated across the row
+            // must not become gigabytes
+            let text_bytes = value_text_bytes(&value).saturating_mul(repeats as usize);
+            row_text_bytes = row_text_bytes.saturating_add(text_bytes);
+            if row_text_bytes > MAX_ROW_TEXT_BYTES {
+                bail!(
+                    "row {} holds more than {} MiB of text: no workbook row is that long (one value repeated across the row?)",
+                    u64::from(row_index) + 1,
+                    MAX_ROW_TEXT_BYTES >> 20
+                );
+            }
+            cells.extend((column_index..end as u32).map(|index| (index, value.clone())));
         }
         column_index = column_index.saturating_add(repeats);
         buf.clear();
+    }
+}
+
+/// The bytes of text a value holds, for the row's text limit.
+fn value_text_bytes(value: &Data) -> usize {
+    match value {
+        Data::String(text) | Data::DateTimeIso(text) | Data::DurationIso(text) => text.len(),
+        _ => 0,
     }
 }
 
@@ -424,6 +477,13 @@ impl<'a> CellAttributes<'a> {
             let value = attribute
                 .normalized_value(XmlVersion::Implicit1_0)
                 .map_err(|error| anyhow!("bad attribute {}: {error}", attribute.key.as_ref()))?;
+            if value.len() > MAX_CELL_TEXT_BYTES {
+                bail!(
+                    "its {} is longer than the {} MiB a workbook cell may hold (Excel's own limit is 32,767 characters)",
+                    attribute.key.as_ref(),
+                    MAX_CELL_TEXT_BYTES >> 20
+                );
+            }
             *slot = Some(value);
         }
         Ok(parsed)
@@ -438,8 +498,8 @@ impl<'a> CellAttributes<'a> {
 /// `Bool`; date -> `DateTimeIso`; time -> `DurationIso`. A formula cell gives its cached
 /// value. An error cell (`calcext:value-type="error"`, or a formula whose cached text is an
 /// error code) -> `Error`, so `convert` rejects its row as it does for xlsx.
-fn read_cell<R: BufRead>(
-    reader: &mut Reader<R>,
+fn read_cell<R: Read>(
+    reader: &mut XmlReader<R>,
     attributes: CellAttributes<'_>,
     cell_element: &'static str,
     has_content: bool,
@@ -450,9 +510,7 @@ fn read_cell<R: BufRead>(
     let text = match (has_content, needs_text) {
         (true, true) => Some(read_cell_text(reader, cell_element, buf)?),
         (true, false) => {
-            reader
-                .read_to_end_into(QName(cell_element), buf)
-                .map_err(|error| xml_error(reader, &error))?;
+            skip_element(reader, buf)?;
             None
         }
         (false, _) => None,
@@ -520,8 +578,19 @@ fn error_code(code: &str) -> Option<CellErrorType> {
 /// `text:s`, `text:tab` and `text:line-break` expanded and nested spans and links read
 /// through. Only `text:` elements are read into: comments (`office:annotation`), shapes and
 /// anything else in the cell are not part of its value.
-fn read_cell_text<R: BufRead>(
-    reader: &mut Reader<R>,
+fn read_cell_text<R: Read>(
+    reader: &mut XmlReader<R>,
+    cell_element: &'static str,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<String> {
+    let text = read_cell_text_unbounded(reader, cell_element, buf);
+    // back to markup: whitespace between elements is skipped again
+    set_text_mode(reader, false);
+    text
+}
+
+fn read_cell_text_unbounded<R: Read>(
+    reader: &mut XmlReader<R>,
     cell_element: &'static str,
     buf: &mut Vec<u8>,
 ) -> anyhow::Result<String> {
@@ -531,7 +600,15 @@ fn read_cell_text<R: BufRead>(
     // how many text:p / text:h are open: text outside them is markup whitespace
     let mut paragraph_depth = 0_usize;
     loop {
+        if text.len() > MAX_CELL_TEXT_BYTES {
+            bail!(
+                "its text is longer than the {} MiB a workbook cell may hold (Excel's own limit is 32,767 characters)",
+                MAX_CELL_TEXT_BYTES >> 20
+            );
+        }
         buf.clear();
+        // inside a paragraph every space is text; outside, whitespace is layout
+        set_text_mode(reader, paragraph_depth > 0);
         let event = reader
             .read_event_into(buf)
             .map_err(|error| xml_error(reader, &error))?;
@@ -546,9 +623,8 @@ fn read_cell_text<R: BufRead>(
                 }
                 name if name.starts_with("text:") => push_text_element(&mut text, &element)?,
                 _ => {
-                    reader
-                        .read_to_end_into(element.name(), &mut skipped)
-                        .map_err(|error| xml_error(reader, &error))?;
+                    set_text_mode(reader, false);
+                    skip_element(reader, &mut skipped)?;
                     skipped.clear();
                 }
             },
@@ -588,10 +664,17 @@ fn push_text_element(text: &mut String, element: &BytesStart<'_>) -> anyhow::Res
                 Some(count) => count
                     .trim()
                     .parse::<usize>()
-                    .map_err(|_| anyhow!("text:c {count:?} is not a count"))?,
+                    .map_err(|_| anyhow!("text:c {} is not a count", quoted(&count)))?,
                 None => 1,
             };
-            text.extend(std::iter::repeat_n(' ', count.min(MAX_SPACE_RUN)));
+            // the claimed count is checked before any space is added
+            if text.len().saturating_add(count) > MAX_CELL_TEXT_BYTES {
+                bail!(
+                    "its text is longer than the {} MiB a workbook cell may hold (Excel's own limit is 32,767 characters)",
+                    MAX_CELL_TEXT_BYTES >> 20
+                );
+            }
+            text.extend(std::iter::repeat_n(' ', count));
         }
         "text:tab" => text.push('\t'),
         "text:line-break" => text.push('\n'),
@@ -655,22 +738,191 @@ fn parse_repeat_count(name: &str, count: &str) -> anyhow::Result<u32> {
         .map_err(|_| anyhow!("{name} {count:?} is not a count"))
 }
 
-/// A cell's A1 name from 0-based indexes, for messages.
-fn cell_name(row_index: u32, column_index: u32) -> String {
-    let mut letters = Vec::new();
-    let mut rest = u64::from(column_index) + 1;
-    while rest > 0 {
-        let digit = ((rest - 1) % 26) as u8;
-        letters.push(char::from(b'A' + digit));
-        rest = (rest - 1) / 26;
+/// An XML reader over `input` that skips whitespace between elements (1 GB of it costs
+/// time, not memory) and holds each event to [`MAX_EVENT_BYTES`].
+fn xml_reader<R: Read>(input: R) -> XmlReader<R> {
+    let mut reader = Reader::from_reader(BoundedXml::new(input));
+    reader.config_mut().trim_text_start = true;
+    reader
+}
+
+/// Whether the reader is inside a paragraph, where whitespace is text to keep (and held,
+/// within [`MAX_EVENT_BYTES`]), or in markup, where it is skipped.
+fn set_text_mode<R: Read>(reader: &mut XmlReader<R>, in_text: bool) {
+    reader.config_mut().trim_text_start = !in_text;
+    reader.get_mut().in_text = in_text;
+}
+
+/// Skips the element whose start tag was just read, up to its end tag, one event at a
+/// time (unlike `read_to_end_into`, which holds whitespace: it turns trimming off).
+fn skip_element<R: Read>(reader: &mut XmlReader<R>, buf: &mut Vec<u8>) -> anyhow::Result<()> {
+    let mut depth = 0_usize;
+    loop {
+        buf.clear();
+        match reader
+            .read_event_into(buf)
+            .map_err(|error| xml_error(reader, &error))?
+        {
+            Event::Start(_) => depth += 1,
+            Event::End(_) if depth == 0 => return Ok(()),
+            Event::End(_) => depth -= 1,
+            Event::Eof => bail!("{CONTENT_XML} ends early (truncated?)"),
+            _ => {}
+        }
     }
-    let column: String = letters.iter().rev().collect();
-    format!("{column}{}", u64::from(row_index) + 1)
+}
+
+/// A buffered reader that counts the bytes the XML parser would hold for one event and
+/// fails once they pass [`MAX_EVENT_BYTES`]: quick-xml keeps a whole tag, or a whole run of
+/// text, in memory, and a hostile file can make either gigabytes long.
+///
+/// Counting happens as the parser consumes bytes, so it follows the parser exactly: in a
+/// tag every byte counts (a `>` inside quotes does not end it); between tags, in text
+/// mode every byte counts, in markup mode only from the first non-whitespace byte on (the
+/// parser skips leading whitespace without holding it).
+struct BoundedXml<R> {
+    inner: R,
+    buffer: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// Set by [`set_text_mode`]: inside a paragraph.
+    in_text: bool,
+    in_tag: bool,
+    /// The quote that opened the attribute value being read, inside a tag.
+    quote: Option<u8>,
+    /// Whether the tag being read is a comment, CDATA or declaration (`<!`, `<?`): no
+    /// attribute quotes there.
+    in_special_tag: bool,
+    at_tag_start: bool,
+    /// Whether a non-whitespace byte was seen since the last tag (markup mode).
+    seen_text: bool,
+    /// Bytes the parser holds for the current event.
+    held: usize,
+    too_long: bool,
+}
+
+/// The error [`BoundedXml`] fails with: one event past [`MAX_EVENT_BYTES`].
+#[derive(Debug)]
+struct EventTooLong;
+
+impl std::fmt::Display for EventTooLong {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "more than {} MiB of markup or text without a break",
+            MAX_EVENT_BYTES >> 20
+        )
+    }
+}
+
+impl std::error::Error for EventTooLong {}
+
+impl<R: Read> BoundedXml<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            buffer: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            in_text: false,
+            in_tag: false,
+            quote: None,
+            in_special_tag: false,
+            at_tag_start: false,
+            seen_text: false,
+            held: 0,
+            too_long: false,
+        }
+    }
+
+    fn count(&mut self, consumed: usize) {
+        let mut rest = &self.buffer[self.start..self.start + consumed];
+        while !rest.is_empty() {
+            if self.in_tag {
+                let byte = rest[0];
+                rest = &rest[1..];
+                self.held += 1;
+                if std::mem::take(&mut self.at_tag_start) {
+                    self.in_special_tag = matches!(byte, b'!' | b'?');
+                }
+                match (self.quote, byte) {
+                    (Some(quote), _) if byte == quote => self.quote = None,
+                    (Some(_), _) => {}
+                    (None, b'"' | b'\'') if !self.in_special_tag => self.quote = Some(byte),
+                    (None, b'>') => {
+                        self.in_tag = false;
+                        self.held = 0;
+                        self.seen_text = false;
+                    }
+                    (None, _) => {}
+                }
+                continue;
+            }
+            // between tags: up to the next '<' at once
+            let text_end = memchr::memchr(b'<', rest).unwrap_or(rest.len());
+            let text = &rest[..text_end];
+            if self.in_text || self.seen_text {
+                self.held += text.len();
+            } else if let Some(first) = text.iter().position(|byte| !byte.is_ascii_whitespace()) {
+                self.seen_text = true;
+                self.held += text.len() - first;
+            }
+            rest = &rest[text_end..];
+            if let Some(rest_after) = rest.strip_prefix(b"<") {
+                self.in_tag = true;
+                self.at_tag_start = true;
+                self.held = 1;
+                rest = rest_after;
+            }
+        }
+        if self.held > MAX_EVENT_BYTES {
+            self.too_long = true;
+        }
+    }
+}
+
+impl<R: Read> Read for BoundedXml<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let count = available.len().min(out.len());
+        out[..count].copy_from_slice(&available[..count]);
+        self.consume(count);
+        Ok(count)
+    }
+}
+
+impl<R: Read> BufRead for BoundedXml<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        if self.too_long {
+            return Err(std::io::Error::other(EventTooLong));
+        }
+        if self.start == self.end {
+            self.start = 0;
+            self.end = self.inner.read(&mut self.buffer)?;
+        }
+        Ok(&self.buffer[self.start..self.end])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        let amount = amount.min(self.end - self.start);
+        self.count(amount);
+        self.start += amount;
+    }
 }
 
 /// A quick-xml error as one line: a decompression failure, or where the XML breaks.
 fn xml_error<R>(reader: &Reader<R>, error: &quick_xml::Error) -> anyhow::Error {
     match error {
+        quick_xml::Error::Io(io_error)
+            if io_error
+                .get_ref()
+                .is_some_and(|inner| inner.is::<EventTooLong>()) =>
+        {
+            anyhow!(
+                "{CONTENT_XML} holds {EventTooLong} near byte {} (no cell is that long: a broken or hostile file)",
+                reader.buffer_position()
+            )
+        }
         quick_xml::Error::Io(io_error) => anyhow!(
             "{CONTENT_XML} cannot be decompressed (corrupt or truncated?): {}",
             innermost_cause(io_error.as_ref())
@@ -723,10 +975,14 @@ mod tests {
     fn read(rows: &str) -> anyhow::Result<Vec<((u32, u32), Data)>> {
         let xml = content_xml(&[("S", rows)]);
         let mut cells = Vec::new();
-        let found = read_sheet_cells(xml.as_bytes(), "S", &mut |position, cell| {
-            cells.push((position, cell));
-            ControlFlow::Continue(())
-        })?;
+        let found = read_sheet_cells(
+            xml.as_bytes(),
+            "S",
+            &mut |position: (u32, u32), cell: Data| {
+                cells.push((position, cell));
+                ControlFlow::Continue(())
+            },
+        )?;
         assert!(found, "sheet S is in the test XML");
         Ok(cells)
     }
@@ -993,14 +1249,6 @@ mod tests {
                 ),
                 vec![(0, 0), (1, 0), (2, 0), (3, 0)],
             ),
-            (
-                "a value repeated past the widest row stops at MAX_COLUMNS",
-                row(&format!(
-                    r#"<table:table-cell table:number-columns-repeated="16383"/><table:table-cell office:value-type="float" office:value="1" table:number-columns-repeated="100000"/>{}"#,
-                    one("1")
-                )),
-                vec![(0, 16_383)],
-            ),
         ];
         for (label, rows, expected) in cases {
             let got: Vec<(u32, u32)> = read(&rows)
@@ -1033,9 +1281,134 @@ mod tests {
     }
 
     #[test]
-    fn repeats_past_the_last_row_stop_there() {
-        let rows = r#"<table:table-row table:number-rows-repeated="4294967295"><table:table-cell/></table:table-row><table:table-row table:number-rows-repeated="9"><table:table-cell office:value-type="float" office:value="1"/></table:table-row>"#;
-        assert_eq!(read(rows).unwrap(), vec![]);
+    fn values_repeated_past_the_sheet_limits_are_an_error_and_empty_repeats_are_free() {
+        let float_cell = |repeats: u32| {
+            format!(
+                r#"<table:table-cell office:value-type="float" office:value="1" table:number-columns-repeated="{repeats}"/>"#
+            )
+        };
+        let started = std::time::Instant::now();
+        // (label, rows XML, part of the error)
+        let cases = [
+            (
+                "a value row repeated 4294967295 times",
+                format!(
+                    r#"{}<table:table-row table:number-rows-repeated="4294967295">{}</table:table-row>"#,
+                    row(&float_cell(1)),
+                    float_cell(16_384)
+                ),
+                "row 2 holds values repeated over 4294967295 rows, past the last row a sheet may have (1048576)",
+            ),
+            (
+                "a value after 4294967295 empty rows",
+                format!(
+                    r#"<table:table-row table:number-rows-repeated="4294967295"><table:table-cell table:number-columns-repeated="16384"/></table:table-row>{}"#,
+                    row(&float_cell(1))
+                ),
+                "past the last row a sheet may have",
+            ),
+            (
+                "a value repeated past XFD",
+                row(&format!(
+                    r#"<table:table-cell table:number-columns-repeated="16383"/>{}"#,
+                    float_cell(100_000)
+                )),
+                "cell XFD1: a value repeated over 100000 columns reaches past the last column",
+            ),
+            (
+                "a long string repeated across the row",
+                row(&format!(
+                    r#"<table:table-cell office:value-type="string" office:string-value="{}" table:number-columns-repeated="16384"/>"#,
+                    "s".repeat(65_536)
+                )),
+                "row 1 holds more than 16 MiB of text",
+            ),
+        ];
+        for (label, rows, expected) in cases {
+            let message = format!("{:#}", read(&rows).expect_err(label));
+            assert!(message.contains(expected), "{label}: {message}");
+        }
+        // empty repeats only move the position, however many they claim
+        let rows = format!(
+            r#"<table:table-row table:number-rows-repeated="1048570"><table:table-cell table:number-columns-repeated="4294967295"/></table:table-row>{}"#,
+            row(&float_cell(2))
+        );
+        assert_eq!(
+            read(&rows).unwrap(),
+            vec![
+                ((1_048_570, 0), Data::Float(1.0)),
+                ((1_048_570, 1), Data::Float(1.0))
+            ]
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn cell_text_is_bounded_whatever_the_file_claims() {
+        let too_long = "longer than the 1 MiB a workbook cell may hold";
+        let cases = [
+            (
+                "one text:s claiming 4294967295 spaces",
+                string_cell(r#"<text:p><text:s text:c="4294967295"/></text:p>"#),
+                too_long,
+            ),
+            (
+                "many runs of 65536 spaces",
+                string_cell(&format!(
+                    "<text:p>{}</text:p>",
+                    r#"<text:s text:c="65536"/>"#.repeat(40)
+                )),
+                too_long,
+            ),
+            (
+                "a string-value attribute of 2 MiB",
+                format!(
+                    r#"<table:table-cell office:value-type="string" office:string-value="{}"/>"#,
+                    "a".repeat(2 << 20)
+                ),
+                "its office:string-value is longer than the 1 MiB",
+            ),
+            (
+                "a paragraph of 2 MiB",
+                string_cell(&format!("<text:p>{}</text:p>", "a".repeat(2 << 20))),
+                too_long,
+            ),
+            (
+                "a paragraph of 9 MiB of spaces (held by the parser)",
+                string_cell(&format!("<text:p>{}</text:p>", " ".repeat(9 << 20))),
+                "more than 8 MiB of markup or text without a break",
+            ),
+            (
+                "a tag of 9 MiB with '>' inside its quotes",
+                format!(
+                    r#"<table:table-cell office:value-type="string" table:style-name="{}"/>"#,
+                    ">".repeat(9 << 20)
+                ),
+                "more than 8 MiB of markup or text without a break",
+            ),
+        ];
+        for (label, cell, expected) in cases {
+            let message = format!("{:#}", read(&row(&cell)).expect_err(label));
+            assert!(message.contains(expected), "{label}: {message}");
+            assert!(message.len() < 400, "{label}: {} bytes", message.len());
+        }
+        // a cell just under the limit is read
+        let text_cell = string_cell(&format!("<text:p>{}</text:p>", "a".repeat(1 << 20)));
+        let got = read(&row(&text_cell)).unwrap();
+        assert_eq!(got, vec![((0, 0), text(&"a".repeat(1 << 20)))]);
+    }
+
+    #[test]
+    fn whitespace_between_elements_is_skipped_not_held() {
+        // 9 MiB runs of layout whitespace, past what the parser may hold for one event
+        let gap = " \n\t".repeat(3 << 20);
+        let rows = format!(
+            "{}{gap}{}{gap}",
+            row(&string_cell("<text:p>a</text:p>")),
+            row(&format!("{gap}{}", string_cell("<text:p> b </text:p>")))
+        );
+        let got = read(&rows).unwrap();
+        assert_eq!(got, vec![((0, 0), text("a")), ((1, 0), text(" b "))]);
     }
 
     #[test]
@@ -1045,14 +1418,18 @@ mod tests {
         let xml = content_xml(&[("Zeta", &first), ("Alpha", &second)]);
         assert_eq!(read_sheet_names(xml.as_bytes()).unwrap(), ["Zeta", "Alpha"]);
         let mut cells = Vec::new();
-        let found = read_sheet_cells(xml.as_bytes(), "Alpha", &mut |position, cell| {
-            cells.push((position, cell));
-            ControlFlow::Continue(())
-        })
+        let found = read_sheet_cells(
+            xml.as_bytes(),
+            "Alpha",
+            &mut |position: (u32, u32), cell: Data| {
+                cells.push((position, cell));
+                ControlFlow::Continue(())
+            },
+        )
         .unwrap();
         assert!(found);
         assert_eq!(cells, vec![((0, 0), text("second"))]);
-        let missing = read_sheet_cells(xml.as_bytes(), "Gamma", &mut |_, _| {
+        let missing = read_sheet_cells(xml.as_bytes(), "Gamma", &mut |_: (u32, u32), _: Data| {
             panic!("no cell is read from a missing sheet")
         });
         assert!(!missing.unwrap());
@@ -1066,7 +1443,7 @@ mod tests {
         );
         let xml = content_xml(&[("S", &rows)]);
         let mut pushed = 0;
-        read_sheet_cells(xml.as_bytes(), "S", &mut |_, _| {
+        read_sheet_cells(xml.as_bytes(), "S", &mut |_: (u32, u32), _: Data| {
             pushed += 1;
             ControlFlow::Break(())
         })
@@ -1115,7 +1492,9 @@ mod tests {
         for (label, xml, expected) in cases {
             let error = read_sheet_names(xml.as_bytes())
                 .and_then(|_| {
-                    read_sheet_cells(xml.as_bytes(), "S", &mut |_, _| ControlFlow::Continue(()))
+                    read_sheet_cells(xml.as_bytes(), "S", &mut |_: (u32, u32), _: Data| {
+                        ControlFlow::Continue(())
+                    })
                 })
                 .expect_err(label);
             let message = format!("{error:#}");
@@ -1198,14 +1577,16 @@ mod tests {
         assert_eq!(workbook.sheet_names().unwrap(), ["One", "Two"]);
         let mut cells = Vec::new();
         workbook
-            .read_sheet("Two", &mut |position, cell| {
+            .read_sheet("Two", &mut |position: (u32, u32), cell: Data| {
                 cells.push((position, cell));
                 ControlFlow::Continue(())
             })
             .unwrap();
         assert_eq!(cells, vec![((0, 0), text("b"))]);
         let missing = workbook
-            .read_sheet("Three", &mut |_, _| ControlFlow::Continue(()))
+            .read_sheet("Three", &mut |_: (u32, u32), _: Data| {
+                ControlFlow::Continue(())
+            })
             .unwrap_err();
         assert_eq!(
             format!("{missing:#}"),

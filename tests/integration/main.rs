@@ -9,6 +9,7 @@ mod csv_input;
 mod database;
 mod faults;
 mod formats;
+mod hostile_inputs;
 mod lifecycle;
 mod modes;
 mod nightly;
