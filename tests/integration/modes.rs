@@ -307,7 +307,17 @@ fn atomic_run_killed_with_sigterm_leaves_the_target_untouched_and_exits_143() {
     db.execute("INSERT INTO businesses (name) VALUES ('kept')");
     let mut child = Command::new(env!("CARGO_BIN_EXE_importer"))
         .args([
-            "run", "-m", "batch", "-b", "500", "--atomic", "--format", "json", &workbook,
+            "run",
+            "-m",
+            "batch",
+            "-b",
+            "500",
+            "--atomic",
+            "--format",
+            "json",
+            "-t",
+            "businesses",
+            &workbook,
         ])
         .env("DATABASE_URL", &db.url)
         .env("RUST_LOG", "info")
