@@ -349,7 +349,7 @@ fn sigint_during_type_inference_prints_empty_stats_records_cancelled_and_creates
         let line = lines
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_else(|_| panic!("no inference line; stderr so far:\n{log:#?}"));
-        let inferring = line.contains("inferring its column types");
+        let inferring = line.contains("inferring column types");
         log.push(line);
         if inferring {
             break;
