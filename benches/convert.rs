@@ -34,6 +34,7 @@ fn spec(path: &Path) -> SourceSpec {
         path: path.to_path_buf(),
         sheet: None,
         header_row: 1,
+        xlsx_reader: importer::cli::XlsxReader::Fast,
     }
 }
 

@@ -71,6 +71,16 @@ impl Method {
     }
 }
 
+/// Which reader reads .xlsx and .xlsm files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum XlsxReader {
+    /// Our streaming reader: shared strings and sheet parsed concurrently
+    #[default]
+    Fast,
+    /// calamine's cell reader, for a file the fast reader gets wrong
+    Calamine,
+}
+
 /// How logs are written on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -126,6 +136,10 @@ pub struct ImportArgs {
     /// Keep retrying a failed first connection, with backoff, for this many seconds
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub connect_timeout: u64,
+
+    /// Reader of .xlsx/.xlsm files: fast (our own) or calamine
+    #[arg(long, value_enum, default_value_t = XlsxReader::Fast)]
+    pub xlsx_reader: XlsxReader,
 }
 
 /// What a run does to the rows already in the table.

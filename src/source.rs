@@ -9,6 +9,7 @@
 //! knows nothing of tables or types: `pipeline` converts what it yields.
 
 mod ods;
+mod xlsx;
 
 use std::error::Error;
 use std::fs::File;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 use calamine::{Data, DataRef, Range, Reader, Sheets, open_workbook_auto};
 
+use crate::cli::XlsxReader;
 use crate::convert::cell_text;
 
 /// Widest sheet a row is assembled for: Excel's own limit (XFD), so a stray cell far right
@@ -34,6 +36,8 @@ pub struct SourceSpec {
     pub sheet: Option<String>,
     /// 1-based row that holds the column names; rows above it are ignored.
     pub header_row: u32,
+    /// Which reader reads .xlsx and .xlsm files.
+    pub xlsx_reader: XlsxReader,
 }
 
 /// One non-blank row of the sheet.
@@ -140,6 +144,9 @@ pub fn read_rows(
             declared_last_row: None,
         });
     }
+    if spec.xlsx_reader == XlsxReader::Fast && matches!(extension(path).as_deref(), Some("xlsx" | "xlsm")) {
+        return read_xlsx(spec, &mut rows);
+    }
     let mut workbook = open_workbook(path)?;
     let sheet_name = pick_sheet(&workbook.sheet_names(), spec.sheet.as_deref(), path)?;
     let context = || format!("cannot read sheet {sheet_name:?} of {}", path.display());
@@ -192,6 +199,25 @@ pub fn read_rows(
     Ok(SheetSummary {
         sheet_name,
         declared_last_row,
+    })
+}
+
+/// Reads .xlsx/.xlsm with our own reader (`xlsx`).
+fn read_xlsx(spec: &SourceSpec, rows: &mut RowAssembler<'_>) -> anyhow::Result<SheetSummary> {
+    let mut workbook = xlsx::XlsxWorkbook::open(&spec.path)?;
+    let sheet_name = pick_sheet(&workbook.sheet_names(), spec.sheet.as_deref(), &spec.path)?;
+    let read = workbook.read_sheet(&sheet_name, &mut |position, cell| {
+        rows.push_owned(position, cell);
+        if rows.stopped {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })?;
+    rows.flush();
+    Ok(SheetSummary {
+        sheet_name,
+        declared_last_row: read.declared_last_row,
     })
 }
 
@@ -466,6 +492,7 @@ mod tests {
                 path: path.clone(),
                 sheet: None,
                 header_row: 1,
+                xlsx_reader: XlsxReader::Calamine,
             };
             let message = format!("{:#}", read_header(&spec).unwrap_err());
             let prefix = format!(

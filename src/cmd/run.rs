@@ -222,6 +222,7 @@ pub async fn prepare(args: &ImportArgs) -> anyhow::Result<Prepared> {
         path: args.file.clone(),
         sheet: args.sheet.clone(),
         header_row: args.header_row,
+        xlsx_reader: args.xlsx_reader,
     };
     let header = blocking({
         let source = source.clone();
