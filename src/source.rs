@@ -206,8 +206,12 @@ pub fn read_rows(
 fn read_xlsx(spec: &SourceSpec, rows: &mut RowAssembler<'_>) -> anyhow::Result<SheetSummary> {
     let mut workbook = xlsx::XlsxWorkbook::open(&spec.path)?;
     let sheet_name = pick_sheet(&workbook.sheet_names(), spec.sheet.as_deref(), &spec.path)?;
-    let read = workbook.read_sheet(&sheet_name, &mut |position, cell| {
-        rows.push_owned(position, cell);
+    let read = workbook.read_sheet(&sheet_name, &mut |event| {
+        match event {
+            xlsx::SheetEvent::Cell(position, cell) => rows.push_owned(position, cell),
+            // a complete row goes on at once (the header read stops there)
+            xlsx::SheetEvent::RowEnd => rows.flush(),
+        }
         if rows.stopped {
             ControlFlow::Break(())
         } else {

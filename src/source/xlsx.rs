@@ -45,13 +45,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, anyhow, bail};
-use calamine::Data;
 use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
 use tracing::warn;
 use zip::ZipArchive;
 
 use super::innermost_cause;
+pub(crate) use sheet::SheetEvent;
 use sheet::{SheetContext, read_sheet_cells};
 use strings::{SharedStrings, parse_shared_strings};
 use styles::{CellFormat, builtin_format_by_id, detect_custom_number_format};
@@ -151,12 +151,12 @@ impl XlsxWorkbook {
         self.sheets.iter().map(|sheet| sheet.name.clone()).collect()
     }
 
-    /// Streams the cells of sheet `sheet_name` to `visit` until the sheet ends or `visit`
-    /// breaks.
+    /// Streams the cells of sheet `sheet_name` to `visit`, and the end of each `<row>`,
+    /// until the sheet ends or `visit` breaks.
     pub(crate) fn read_sheet(
         &mut self,
         sheet_name: &str,
-        visit: &mut dyn FnMut((u32, u32), Data) -> ControlFlow<()>,
+        visit: &mut dyn FnMut(SheetEvent) -> ControlFlow<()>,
     ) -> anyhow::Result<SheetRead> {
         let context = || format!("cannot read sheet {sheet_name:?} of {}", self.path.display());
         let entry = self

@@ -9,3 +9,4 @@ mod nightly;
 mod rejects;
 mod strategies;
 mod util;
+mod xlsx_reader;

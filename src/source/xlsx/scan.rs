@@ -45,9 +45,12 @@ impl std::fmt::Display for ScanError {
 /// A window over a stream of XML bytes: `data()` is what is read and not yet consumed.
 pub(super) struct XmlStream<'c, R> {
     reader: R,
+    /// Read bytes live in `buffer[position..end]`; the buffer keeps its length, so refills
+    /// never zero it again.
     buffer: Vec<u8>,
     /// Index of the first unconsumed byte in `buffer`.
     position: usize,
+    end: usize,
     at_end: bool,
     /// Most bytes one element may need in the window at once.
     window_limit: usize,
@@ -58,8 +61,9 @@ impl<'c, R: Read> XmlStream<'c, R> {
     pub(super) fn new(reader: R, window_limit: usize, cancel: Option<&'c AtomicBool>) -> Self {
         Self {
             reader,
-            buffer: Vec::with_capacity(READ_CHUNK_BYTES),
+            buffer: vec![0; READ_CHUNK_BYTES],
             position: 0,
+            end: 0,
             at_end: false,
             window_limit,
             cancel,
@@ -68,7 +72,7 @@ impl<'c, R: Read> XmlStream<'c, R> {
 
     /// The unconsumed bytes.
     pub(super) fn data(&self) -> &[u8] {
-        &self.buffer[self.position..]
+        &self.buffer[self.position..self.end]
     }
 
     /// Marks `byte_count` bytes of `data()` as consumed.
@@ -85,25 +89,24 @@ impl<'c, R: Read> XmlStream<'c, R> {
             return Ok(false);
         }
         if self.position > 0 {
-            self.buffer.drain(..self.position);
+            self.buffer.copy_within(self.position..self.end, 0);
+            self.end -= self.position;
             self.position = 0;
         }
-        if self.buffer.len() > self.window_limit {
+        if self.end > self.window_limit {
             return Err(ScanError::TooLong);
         }
-        let filled = self.buffer.len();
-        self.buffer.resize(filled + READ_CHUNK_BYTES, 0);
+        if self.buffer.len() - self.end < READ_CHUNK_BYTES / 2 {
+            self.buffer.resize(self.buffer.len() + READ_CHUNK_BYTES, 0);
+        }
         let read = loop {
-            match self.reader.read(&mut self.buffer[filled..]) {
+            match self.reader.read(&mut self.buffer[self.end..]) {
                 Ok(read) => break read,
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(error) => {
-                    self.buffer.truncate(filled);
-                    return Err(ScanError::Io(error));
-                }
+                Err(error) => return Err(ScanError::Io(error)),
             }
         };
-        self.buffer.truncate(filled + read);
+        self.end += read;
         if read == 0 {
             self.at_end = true;
         }
@@ -120,7 +123,7 @@ impl<'c, R: Read> XmlStream<'c, R> {
                     break;
                 }
                 None => {
-                    self.position = self.buffer.len();
+                    self.position = self.end;
                     if !self.fill()? {
                         return Ok(None);
                     }
@@ -376,6 +379,24 @@ pub(super) fn find_end_tag(bytes: &[u8], qname: &[u8]) -> Option<EndTag> {
     None
 }
 
+/// A finder for [`XmlStream::read_until`]: the first `</qname>` at or after `from` in the
+/// window, as (index of its `<`, index after its `>`). It resumes where the previous
+/// window's search stopped, so a long element is scanned once, not once per read.
+pub(super) fn resumable_end_tag(from: usize, qname: &[u8]) -> impl FnMut(&[u8]) -> Option<(usize, usize)> + '_ {
+    let mut searched = from;
+    move |data: &[u8]| {
+        let start = searched.min(data.len());
+        match find_end_tag(&data[start..], qname) {
+            Some(end) => Some((start + end.start, start + end.after)),
+            None => {
+                // an end tag cut by the read may begin in the last few bytes
+                searched = data.len().saturating_sub(qname.len() + 3).max(from);
+                None
+            }
+        }
+    }
+}
+
 /// Appends the character data of `raw` (text between tags, no markup) to `out`: the five
 /// predefined entities and numeric character references decoded, and line ends
 /// normalised as XML 1.0 says (`\r\n` and a lone `\r` become `\n`; a `&#13;` stays `\r`).
@@ -623,6 +644,6 @@ mod tests {
         let mut stream = XmlStream::new(&xml[..], READ_CHUNK_BYTES, None);
         let tag = stream.next_tag().unwrap().unwrap();
         assert_eq!(tag.kind, TagKind::Empty);
-        assert!(stream.buffer.capacity() <= 3 * READ_CHUNK_BYTES);
+        assert!(stream.buffer.len() <= 3 * READ_CHUNK_BYTES);
     }
 }

@@ -14,13 +14,25 @@ use std::ops::ControlFlow;
 use anyhow::{Context, anyhow, bail};
 use calamine::{CellErrorType, Data, ExcelDateTime, ExcelDateTimeType};
 
-use super::scan::{ScanError, TagKind, XmlStream, attribute, decode_string_item, decode_text, find_end_tag, unescape_excel};
+use super::scan::{
+    ScanError, TagKind, XmlStream, attribute, decode_string_item, decode_text, find_end_tag, resumable_end_tag,
+    unescape_excel,
+};
 use super::strings::{Entry, SharedStrings, Table};
 use super::styles::CellFormat;
 use super::{MAX_CELL_TEXT_BYTES, MAX_ELEMENT_XML_BYTES, MAX_ROW_TEXT_BYTES};
 
 /// Cells gathered before they are resolved and handed on, even inside one `<row>`.
 const MAX_PENDING_CELLS: usize = 4096;
+
+/// What the sheet reader hands on.
+#[derive(Debug, PartialEq)]
+pub(crate) enum SheetEvent {
+    /// A non-empty cell and its 0-based (row, column).
+    Cell((u32, u32), Data),
+    /// A `<row>` ended: the cells before belong to complete rows.
+    RowEnd,
+}
 
 /// What the sheet needs from the workbook.
 pub(super) struct SheetContext<'a> {
@@ -69,7 +81,7 @@ struct RowState {
 pub(super) fn read_sheet_cells(
     reader: impl Read,
     context: &SheetContext<'_>,
-    visit: &mut dyn FnMut((u32, u32), Data) -> ControlFlow<()>,
+    visit: &mut dyn FnMut(SheetEvent) -> ControlFlow<()>,
 ) -> anyhow::Result<SheetOutcome> {
     let mut stream = XmlStream::new(reader, MAX_ELEMENT_XML_BYTES, None);
     let mut outcome = SheetOutcome::default();
@@ -130,7 +142,9 @@ pub(super) fn read_sheet_cells(
             }
             (TagKind::End, b"row") => {
                 stream.consume(tag.length);
-                if flush(&mut state, context, &mut owned_table, visit)?.is_break() {
+                if flush(&mut state, context, &mut owned_table, visit)?.is_break()
+                    || visit(SheetEvent::RowEnd).is_break()
+                {
                     return Ok(outcome);
                 }
                 state.row_index = state.row_index.saturating_add(1);
@@ -171,7 +185,7 @@ pub(super) fn read_sheet_cells(
                     let kind = kind.map(<[u8]>::to_vec);
                     let start = tag.length;
                     let end = stream
-                        .read_until(|data| find_end_tag(&data[start..], &close).map(|end| (start + end.start, start + end.after)))
+                        .read_until(resumable_end_tag(start, &close))
                         .map_err(|error| match error {
                             ScanError::TooLong => anyhow!(
                                 "the cell holds more than {} MiB of XML (the per-cell limit is {} MiB of text)",
@@ -246,7 +260,7 @@ fn flush(
     state: &mut RowState,
     context: &SheetContext<'_>,
     owned_table: &mut Option<Table>,
-    visit: &mut dyn FnMut((u32, u32), Data) -> ControlFlow<()>,
+    visit: &mut dyn FnMut(SheetEvent) -> ControlFlow<()>,
 ) -> anyhow::Result<ControlFlow<()>> {
     if state.pending.is_empty() {
         return Ok(ControlFlow::Continue(()));
@@ -281,7 +295,7 @@ fn flush(
             continue;
         }
         if flow.is_continue() {
-            flow = visit(position, data);
+            flow = visit(SheetEvent::Cell(position, data));
         }
     }
     // the vector is reused: its capacity is one row's
@@ -514,8 +528,10 @@ mod tests {
             strings: &strings,
         };
         let mut cells = Vec::new();
-        let outcome = read_sheet_cells(sheet.as_bytes(), &context, &mut |position, data| {
-            cells.push((position, data));
+        let outcome = read_sheet_cells(sheet.as_bytes(), &context, &mut |event| {
+            if let SheetEvent::Cell(position, data) = event {
+                cells.push((position, data));
+            }
             ControlFlow::Continue(())
         })?;
         Ok((cells, outcome))

@@ -14,7 +14,7 @@ use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use super::scan::{ScanError, TagKind, XmlStream, decode_string_item, find_end_tag};
+use super::scan::{ScanError, TagKind, XmlStream, decode_string_item, resumable_end_tag};
 use super::{MAX_CELL_TEXT_BYTES, MAX_ELEMENT_XML_BYTES};
 
 /// Most entries the table holds; more is refused. Offsets cost 4 bytes an entry, so this
@@ -252,9 +252,7 @@ fn parse_entries<R: Read>(
                     other => Cow::Owned(other.to_vec()),
                 };
                 let body_start = tag.length;
-                let found = stream.read_until(|data| {
-                    find_end_tag(&data[body_start..], &qname).map(|end| (body_start + end.start, body_start + end.after))
-                });
+                let found = stream.read_until(resumable_end_tag(body_start, &qname));
                 match found {
                     Ok(Some((body_end, after))) => {
                         item_text.clear();
@@ -272,11 +270,13 @@ fn parse_entries<R: Read>(
                     }
                     Ok(None) => return Err(ScanError::Malformed("the part ends inside a <si>")),
                     Err(ScanError::TooLong) => {
-                        // far longer than any cell may be: skipped in constant memory
+                        // far longer than any cell may be: published as oversized at once (a
+                        // row that needs it fails now), then skipped in constant memory
+                        batch.lengths.push(None);
+                        strings.publish(batch).map_err(ScanError::Refused)?;
                         if !stream.skip_past_end_tag(&qname)? {
                             return Err(ScanError::Malformed("the part ends inside a <si>"));
                         }
-                        batch.lengths.push(None);
                     }
                     Err(error) => return Err(error),
                 }
