@@ -67,6 +67,7 @@ fn benches(criterion: &mut Criterion) {
             database_url: database_url.clone(),
             no_create: true,
             connect_timeout: 30,
+            xlsx_reader: importer::cli::XlsxReader::Fast,
         };
         group.bench_function(method.name(), |bencher| {
             bencher.iter_custom(|iterations| {

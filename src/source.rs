@@ -144,7 +144,9 @@ pub fn read_rows(
             declared_last_row: None,
         });
     }
-    if spec.xlsx_reader == XlsxReader::Fast && matches!(extension(path).as_deref(), Some("xlsx" | "xlsm")) {
+    if spec.xlsx_reader == XlsxReader::Fast
+        && matches!(extension(path).as_deref(), Some("xlsx" | "xlsm"))
+    {
         return read_xlsx(spec, &mut rows);
     }
     let mut workbook = open_workbook(path)?;

@@ -116,7 +116,8 @@ impl XlsxWorkbook {
                 path.display()
             )
         };
-        let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut file =
+            File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let mut magic = [0; 8];
         if file.read_exact(&mut magic).is_ok() && magic == OLE2_MAGIC {
             bail!(
@@ -131,7 +132,12 @@ impl XlsxWorkbook {
         let members = archive
             .file_names()
             .flatten()
-            .map(|name| (name.replace('\\', "/").to_ascii_lowercase(), name.to_string()))
+            .map(|name| {
+                (
+                    name.replace('\\', "/").to_ascii_lowercase(),
+                    name.to_string(),
+                )
+            })
             .collect();
         let mut workbook = XlsxWorkbook {
             path: path.to_path_buf(),
@@ -158,24 +164,39 @@ impl XlsxWorkbook {
         sheet_name: &str,
         visit: &mut dyn FnMut(SheetEvent) -> ControlFlow<()>,
     ) -> anyhow::Result<SheetRead> {
-        let context = || format!("cannot read sheet {sheet_name:?} of {}", self.path.display());
+        let context = || {
+            format!(
+                "cannot read sheet {sheet_name:?} of {}",
+                self.path.display()
+            )
+        };
         let entry = self
             .sheets
             .iter()
             .find(|sheet| sheet.name == sheet_name)
             .cloned()
-            .with_context(|| format!("sheet {sheet_name:?} not found in {}", self.path.display()))?;
+            .with_context(|| {
+                format!("sheet {sheet_name:?} not found in {}", self.path.display())
+            })?;
         if !entry.is_worksheet {
-            bail!("{}: it is a chart or dialog sheet, not a worksheet", context());
+            bail!(
+                "{}: it is a chart or dialog sheet, not a worksheet",
+                context()
+            );
         }
         let member = self
             .member(&entry.part)
             .with_context(|| format!("{}: its part {:?} is missing", context(), entry.part))?
             .to_string();
         // the shared strings get their own zip handle, for their own thread
-        let strings_archive = match self.shared_strings_part.as_deref().and_then(|part| self.member(part)) {
+        let strings_archive = match self
+            .shared_strings_part
+            .as_deref()
+            .and_then(|part| self.member(part))
+        {
             Some(member) => {
-                let file = File::open(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?;
+                let file = File::open(&self.path)
+                    .with_context(|| format!("cannot open {}", self.path.display()))?;
                 let archive = ZipArchive::new(BufReader::new(file))
                     .map_err(|error| anyhow!(innermost_cause(&error)))
                     .with_context(context)?;
@@ -212,14 +233,12 @@ impl XlsxWorkbook {
                 Err(error) => Err(anyhow!(innermost_cause(&error))),
             };
             strings.cancel();
-            match parser {
-                Some(Ok(handle)) => {
-                    if handle.join().is_err() {
-                        return Err(anyhow!("the shared strings reader panicked"));
-                    }
+            match parser.map(|spawned| spawned.map(|handle| handle.join().is_ok())) {
+                Some(Ok(false)) => return Err(anyhow!("the shared strings reader panicked")),
+                Some(Err(error)) => {
+                    return Err(anyhow!(error).context("cannot start the shared strings reader"));
                 }
-                Some(Err(error)) => return Err(anyhow!(error).context("cannot start the shared strings reader")),
-                None => {}
+                Some(Ok(true)) | None => {}
             }
             outcome
         });
@@ -248,7 +267,7 @@ impl XlsxWorkbook {
     }
 
     /// A reader of a small part, bounded to [`MAX_METADATA_PART_BYTES`]; `None` if absent.
-    fn part_xml(&mut self, part: &str) -> anyhow::Result<Option<Reader<BufReader<BoundedRead<zip::read::ZipFile<'_, BufReader<File>>>>>>> {
+    fn part_xml(&mut self, part: &str) -> anyhow::Result<Option<PartReader<'_>>> {
         let Some(member) = self.member(part).map(str::to_string) else {
             return Ok(None);
         };
@@ -283,7 +302,11 @@ impl XlsxWorkbook {
         };
         let relationships_part = format!("{directory}_rels/{workbook_name}.rels");
         let relationships = self.read_relationships(&relationships_part)?;
-        self.read_workbook(&format!("{directory}{workbook_name}"), &directory, &relationships)?;
+        self.read_workbook(
+            &format!("{directory}{workbook_name}"),
+            &directory,
+            &relationships,
+        )?;
         self.read_styles(&format!("{directory}styles.xml"))?;
         self.shared_strings_part = Some(format!("{directory}sharedStrings.xml"));
         Ok(())
@@ -292,10 +315,15 @@ impl XlsxWorkbook {
     /// The target of the package's officeDocument relationship (`xl/workbook.xml`).
     fn read_office_document(&mut self) -> anyhow::Result<String> {
         let part = "_rels/.rels";
-        let mut xml = self.part_xml(part)?.with_context(|| format!("{part:?} is missing"))?;
+        let mut xml = self
+            .part_xml(part)?
+            .with_context(|| format!("{part:?} is missing"))?;
         let mut buffer = Vec::new();
         loop {
-            match xml.read_event_into(&mut buffer).with_context(|| format!("cannot read {part:?}"))? {
+            match xml
+                .read_event_into(&mut buffer)
+                .with_context(|| format!("cannot read {part:?}"))?
+            {
                 Event::Start(element) if element.local_name().as_ref() == "Relationship" => {
                     let kind = attribute_value(&element, "Type")?;
                     if kind.is_some_and(|kind| kind.ends_with("/relationships/officeDocument"))
@@ -312,12 +340,20 @@ impl XlsxWorkbook {
     }
 
     /// Relationship id -> (target, type).
-    fn read_relationships(&mut self, part: &str) -> anyhow::Result<HashMap<String, (String, String)>> {
-        let mut xml = self.part_xml(part)?.with_context(|| format!("{part:?} is missing"))?;
+    fn read_relationships(
+        &mut self,
+        part: &str,
+    ) -> anyhow::Result<HashMap<String, (String, String)>> {
+        let mut xml = self
+            .part_xml(part)?
+            .with_context(|| format!("{part:?} is missing"))?;
         let mut relationships = HashMap::new();
         let mut buffer = Vec::new();
         loop {
-            match xml.read_event_into(&mut buffer).with_context(|| format!("cannot read {part:?}"))? {
+            match xml
+                .read_event_into(&mut buffer)
+                .with_context(|| format!("cannot read {part:?}"))?
+            {
                 Event::Start(element) if element.local_name().as_ref() == "Relationship" => {
                     if let Some(id) = attribute_value(&element, "Id")? {
                         let target = attribute_value(&element, "Target")?.unwrap_or_default();
@@ -338,17 +374,23 @@ impl XlsxWorkbook {
         directory: &str,
         relationships: &HashMap<String, (String, String)>,
     ) -> anyhow::Result<()> {
-        let mut xml = self.part_xml(part)?.with_context(|| format!("{part:?} is missing"))?;
+        let mut xml = self
+            .part_xml(part)?
+            .with_context(|| format!("{part:?} is missing"))?;
         let mut buffer = Vec::new();
         let mut sheets = Vec::new();
         let mut is_1904 = false;
         loop {
-            match xml.read_event_into(&mut buffer).with_context(|| format!("cannot read {part:?}"))? {
+            match xml
+                .read_event_into(&mut buffer)
+                .with_context(|| format!("cannot read {part:?}"))?
+            {
                 Event::Start(element) if element.local_name().as_ref() == "sheet" => {
                     let name = attribute_value(&element, "name")?.unwrap_or_default();
                     let mut relationship_id = None;
                     for attribute in element.attributes().with_checks(false) {
-                        let attribute = attribute.with_context(|| format!("cannot read {part:?}"))?;
+                        let attribute =
+                            attribute.with_context(|| format!("cannot read {part:?}"))?;
                         if attribute.key.local_name().as_ref() == "id" {
                             relationship_id = Some(attribute.value.into_owned());
                         }
@@ -356,7 +398,9 @@ impl XlsxWorkbook {
                     let (target, kind) = relationship_id
                         .as_ref()
                         .and_then(|id| relationships.get(id))
-                        .with_context(|| format!("sheet {name:?} has no relationship in {part:?}"))?;
+                        .with_context(|| {
+                            format!("sheet {name:?} has no relationship in {part:?}")
+                        })?;
                     let part = match target.strip_prefix('/') {
                         Some(absolute) => absolute.to_string(),
                         None => format!("{directory}{target}"),
@@ -398,7 +442,10 @@ impl XlsxWorkbook {
         let mut formats = Vec::new();
         let mut in_cell_formats = false;
         loop {
-            match xml.read_event_into(&mut buffer).with_context(|| format!("cannot read {part:?}"))? {
+            match xml
+                .read_event_into(&mut buffer)
+                .with_context(|| format!("cannot read {part:?}"))?
+            {
                 Event::Start(element) => match element.local_name().as_ref() {
                     "numFmt" => {
                         let id = raw_attribute(&element, "numFmtId");
@@ -410,14 +457,19 @@ impl XlsxWorkbook {
                     "cellXfs" => in_cell_formats = true,
                     "xf" if in_cell_formats => {
                         formats.push(match raw_attribute(&element, "numFmtId") {
-                            Some(id) => custom.get(&id).copied().unwrap_or_else(|| builtin_format_by_id(id.as_bytes())),
+                            Some(id) => custom
+                                .get(&id)
+                                .copied()
+                                .unwrap_or_else(|| builtin_format_by_id(id.as_bytes())),
                             None => CellFormat::Other,
                         });
                         // an <xf> nests only <alignment> and <protection>, never another <xf>
                     }
                     _ => {}
                 },
-                Event::End(element) if element.local_name().as_ref() == "cellXfs" => in_cell_formats = false,
+                Event::End(element) if element.local_name().as_ref() == "cellXfs" => {
+                    in_cell_formats = false
+                }
                 Event::Eof => break,
                 _ => {}
             }
@@ -428,6 +480,9 @@ impl XlsxWorkbook {
         Ok(())
     }
 }
+
+/// A quick-xml reader over one small part of the package.
+type PartReader<'a> = Reader<BufReader<BoundedRead<zip::read::ZipFile<'a, BufReader<File>>>>>;
 
 /// An attribute's raw bytes.
 fn raw_attribute(element: &BytesStart<'_>, name: &str) -> Option<String> {

@@ -40,7 +40,12 @@ fn read_all(path: &Path, sheet: &str, reader: XlsxReader) -> Result<Vec<SheetRow
 fn differences(path: &Path) -> Vec<String> {
     let names = match open_workbook_auto(path) {
         Ok(workbook) => workbook.sheet_names(),
-        Err(error) => return vec![format!("{}: calamine cannot open it: {error}", path.display())],
+        Err(error) => {
+            return vec![format!(
+                "{}: calamine cannot open it: {error}",
+                path.display()
+            )];
+        }
     };
     let mut found = Vec::new();
     for name in names {
@@ -112,16 +117,29 @@ fn write_corpus_workbook(path: &Path, constant_memory: bool) {
         .iter()
         .map(|id| Format::new().set_num_format_index(*id))
         .collect();
-    for code in ["yyyy-mm-dd hh:mm", "[h]:mm:ss", "dd/mm/yyyy", "0.00%", "\"0000\"", "0.000", "@", "[Red]0.00;[Blue]-0.00"] {
+    for code in [
+        "yyyy-mm-dd hh:mm",
+        "[h]:mm:ss",
+        "dd/mm/yyyy",
+        "0.00%",
+        "\"0000\"",
+        "0.000",
+        "@",
+        "[Red]0.00;[Blue]-0.00",
+    ] {
         date_formats.push(Format::new().set_num_format(code));
     }
     let sheet = if constant_memory {
-        workbook.add_worksheet_with_constant_memory().expect("constant memory sheet")
+        workbook
+            .add_worksheet_with_constant_memory()
+            .expect("constant memory sheet")
     } else {
         workbook.add_worksheet()
     };
     sheet.set_name("Kinds").expect("sheet name");
-    let header = ["number", "text", "rich", "flag", "formula", "error", "date", "spaces", "escape"];
+    let header = [
+        "number", "text", "rich", "flag", "formula", "error", "date", "spaces", "escape",
+    ];
     for (column, name) in header.iter().enumerate() {
         sheet.write_string(0, column as u16, *name).expect("write");
     }
@@ -132,31 +150,53 @@ fn write_corpus_workbook(path: &Path, constant_memory: bool) {
             .write_string(row, 1, format!("text {row} & <more> \"quoted\" ünïcødé ✓"))
             .expect("write");
         sheet
-            .write_rich_string(row, 2, &[(&bold, "bold "), (&italic, &format!("italic {row}"))])
+            .write_rich_string(
+                row,
+                2,
+                &[(&bold, "bold "), (&italic, &format!("italic {row}"))],
+            )
             .expect("write");
         sheet.write_boolean(row, 3, row % 2 == 0).expect("write");
         sheet
-            .write_formula(row, 4, Formula::new(format!("=A{}*2", row + 1)).set_result((value * 2.0).to_string()))
+            .write_formula(
+                row,
+                4,
+                Formula::new(format!("=A{}*2", row + 1)).set_result((value * 2.0).to_string()),
+            )
             .expect("write");
-        let error = ["#DIV/0!", "#N/A", "#NAME?", "#NULL!", "#NUM!", "#REF!", "#VALUE!"][row as usize % 7];
+        let error = [
+            "#DIV/0!", "#N/A", "#NAME?", "#NULL!", "#NUM!", "#REF!", "#VALUE!",
+        ][row as usize % 7];
         sheet
             .write_formula(row, 5, Formula::new("=1/0").set_result(error))
             .expect("write");
         let format = &date_formats[row as usize % date_formats.len()];
-        let moment = ExcelDateTime::from_ymd(1900 + (row as u16) * 3, 1 + (row % 12) as u8, 1 + (row % 28) as u8)
-            .expect("date")
-            .and_hms((row % 24) as u16, (row % 60) as u8, f64::from(row % 60))
-            .expect("time");
-        sheet.write_datetime_with_format(row, 6, &moment, format).expect("write");
-        sheet.write_string(row, 7, "  padded\tand\nbroken  ").expect("write");
-        sheet.write_string(row, 8, "_x000D_ literal").expect("write");
+        let moment = ExcelDateTime::from_ymd(
+            1900 + (row as u16) * 3,
+            1 + (row % 12) as u8,
+            1 + (row % 28) as u8,
+        )
+        .expect("date")
+        .and_hms((row % 24) as u16, (row % 60) as u8, f64::from(row % 60))
+        .expect("time");
+        sheet
+            .write_datetime_with_format(row, 6, &moment, format)
+            .expect("write");
+        sheet
+            .write_string(row, 7, "  padded\tand\nbroken  ")
+            .expect("write");
+        sheet
+            .write_string(row, 8, "_x000D_ literal")
+            .expect("write");
         // an empty row and empty columns between the cells
         if row % 10 == 0 {
             sheet.write_number(row, 12, f64::from(row)).expect("write");
         }
     }
     // rows 40..45 stay empty, then a far row with a number in a date format
-    sheet.write_number_with_format(50, 0, 45351.5, &date_formats[0]).expect("write");
+    sheet
+        .write_number_with_format(50, 0, 45351.5, &date_formats[0])
+        .expect("write");
     sheet.write_string(50, 30, "far right").expect("write");
     let hidden = workbook.add_worksheet();
     hidden.set_name("Hidden").expect("sheet name");
@@ -187,7 +227,8 @@ fn write_package(path: &Path, parts: &[(&str, &str)]) {
     for (name, content) in parts {
         zip.start_file(*name, zip::write::SimpleFileOptions::default())
             .expect("zip member starts");
-        zip.write_all(content.as_bytes()).expect("zip member is written");
+        zip.write_all(content.as_bytes())
+            .expect("zip member is written");
     }
     zip.finish().expect("zip is finished");
 }
@@ -198,7 +239,14 @@ const RELATIONSHIPS: &str = "http://schemas.openxmlformats.org/officeDocument/20
 /// A package with one sheet per entry of `sheets` (name, sheetData XML), the shared
 /// strings `sst`, the styles' `cellXfs` number format ids, and the 1904 flag; element
 /// names are written with the prefix `prefix` when it is not empty.
-fn hand_made_package(path: &Path, sheets: &[(&str, &str)], sst: &str, styles: &str, date1904: bool, namespaces: (&str, &str)) {
+fn hand_made_package(
+    path: &Path,
+    sheets: &[(&str, &str)],
+    sst: &str,
+    styles: &str,
+    date1904: bool,
+    namespaces: (&str, &str),
+) {
     let (main, relationships) = namespaces;
     let mut workbook_sheets = String::new();
     let mut workbook_rels = String::new();
@@ -217,7 +265,11 @@ fn hand_made_package(path: &Path, sheets: &[(&str, &str)], sst: &str, styles: &s
             format!("<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"yes\"?>\r\n<worksheet xmlns=\"{main}\"><dimension ref=\"A1:ZZ99999\"/><sheetData>{data}</sheetData></worksheet>"),
         ));
     }
-    let flag = if date1904 { "<workbookPr date1904=\"1\"/>" } else { "<workbookPr/>" };
+    let flag = if date1904 {
+        "<workbookPr date1904=\"1\"/>"
+    } else {
+        "<workbookPr/>"
+    };
     parts.push((
         "xl/workbook.xml".to_string(),
         format!("<workbook xmlns=\"{main}\" xmlns:r=\"{relationships}\">{flag}<sheets>{workbook_sheets}</sheets></workbook>"),
@@ -230,10 +282,19 @@ fn hand_made_package(path: &Path, sheets: &[(&str, &str)], sst: &str, styles: &s
         "_rels/.rels".to_string(),
         format!("<Relationships xmlns=\"http://schemas.openxmlformats.org/package/2006/relationships\"><Relationship Id=\"rId1\" Type=\"{relationships}/officeDocument\" Target=\"xl/workbook.xml\"/></Relationships>"),
     ));
-    parts.push(("xl/sharedStrings.xml".to_string(), format!("<sst xmlns=\"{main}\">{sst}</sst>")));
-    parts.push(("xl/styles.xml".to_string(), format!("<styleSheet xmlns=\"{main}\">{styles}</styleSheet>")));
+    parts.push((
+        "xl/sharedStrings.xml".to_string(),
+        format!("<sst xmlns=\"{main}\">{sst}</sst>"),
+    ));
+    parts.push((
+        "xl/styles.xml".to_string(),
+        format!("<styleSheet xmlns=\"{main}\">{styles}</styleSheet>"),
+    ));
     parts.push(("[Content_Types].xml".to_string(), "<Types/>".to_string()));
-    let borrowed: Vec<(&str, &str)> = parts.iter().map(|(name, content)| (name.as_str(), content.as_str())).collect();
+    let borrowed: Vec<(&str, &str)> = parts
+        .iter()
+        .map(|(name, content)| (name.as_str(), content.as_str()))
+        .collect();
     write_package(path, &borrowed);
 }
 
@@ -299,11 +360,20 @@ fn hand_made_packages_with_every_cell_kind_read_the_same_with_both_readers() {
             sheet
         } else {
             // prefixed elements need the prefix declared; the default stays for the root
-            sheet.replace("<x:row", "<x:row xmlns:x=\"http://schemas.openxmlformats.org/spreadsheetml/2006/main\"")
+            sheet.replace(
+                "<x:row",
+                "<x:row xmlns:x=\"http://schemas.openxmlformats.org/spreadsheetml/2006/main\"",
+            )
         };
         hand_made_package(
             &path,
-            &[("Data", &sheet), ("Hidden", "<row r=\"1\"><c r=\"A1\" t=\"s\"><v>0</v></c></row>")],
+            &[
+                ("Data", &sheet),
+                (
+                    "Hidden",
+                    "<row r=\"1\"><c r=\"A1\" t=\"s\"><v>0</v></c></row>",
+                ),
+            ],
             HAND_MADE_SST,
             HAND_MADE_STYLES,
             date1904,
@@ -328,7 +398,16 @@ fn generated_business_workbooks_read_the_same_with_both_readers() {
     let path = dir.path("generated.xlsx");
     let rows = generated_row_count();
     let run = crate::util::run_importer(
-        &["generate", "--rows", &rows, "--seed", "7", "--bad-rows", "0.01", path.to_str().expect("utf-8 path")],
+        &[
+            "generate",
+            "--rows",
+            &rows,
+            "--seed",
+            "7",
+            "--bad-rows",
+            "0.01",
+            path.to_str().expect("utf-8 path"),
+        ],
         None,
     );
     assert_eq!(run.code, 0, "{run:?}");
@@ -346,7 +425,9 @@ fn formula_cells_without_cached_values_are_warned_about_once() {
         "json",
         "-t",
         "formulas",
-        fixture("formulas_openpyxl_uncached.xlsx").to_str().expect("utf-8 path"),
+        fixture("formulas_openpyxl_uncached.xlsx")
+            .to_str()
+            .expect("utf-8 path"),
     ]);
     assert_eq!(run.code, 0, "{run:?}");
     let warning = "8 formula cells have no cached value and load as NULL (first: Data!B2); \
@@ -361,7 +442,9 @@ fn formula_cells_without_cached_values_are_warned_about_once() {
         "json",
         "-t",
         "formulas",
-        fixture("formulas_openpyxl_uncached.xlsx").to_str().expect("utf-8 path"),
+        fixture("formulas_openpyxl_uncached.xlsx")
+            .to_str()
+            .expect("utf-8 path"),
     ]);
     assert_eq!(calamine.code, 0, "{calamine:?}");
     assert!(!calamine.stderr.contains("no cached value"), "{calamine:?}");
@@ -378,7 +461,13 @@ fn an_encrypted_workbook_is_one_error_line_saying_so() {
     let mut bytes = vec![0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1];
     bytes.resize(4096, 0);
     std::fs::write(&path, bytes).expect("temp file is writable");
-    let run = db.importer(&["run", "--dry-run", "-t", "secret", path.to_str().expect("utf-8 path")]);
+    let run = db.importer(&[
+        "run",
+        "--dry-run",
+        "-t",
+        "secret",
+        path.to_str().expect("utf-8 path"),
+    ]);
     let line = fatal_error_line(&run);
     assert!(line.contains("password protected"), "{line}");
     assert!(line.contains("secret.xlsx"), "{line}");
@@ -389,7 +478,14 @@ fn a_missing_sheet_part_and_a_broken_cell_are_one_error_line_naming_them() {
     let db = TestDb::new();
     let dir = TempDir::new();
     let missing = dir.path("missing.xlsx");
-    hand_made_package(&missing, &[("Data", "<row r=\"1\"><c r=\"A1\"><v>1</v></c></row>")], "", "", false, (MAIN_NAMESPACE, RELATIONSHIPS));
+    hand_made_package(
+        &missing,
+        &[("Data", "<row r=\"1\"><c r=\"A1\"><v>1</v></c></row>")],
+        "",
+        "",
+        false,
+        (MAIN_NAMESPACE, RELATIONSHIPS),
+    );
     // the same package without its sheet part
     let bytes = std::fs::read(&missing).expect("package reads");
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("package is a zip");
@@ -403,24 +499,48 @@ fn a_missing_sheet_part_and_a_broken_cell_are_one_error_line_naming_them() {
             parts.push((name, content));
         }
     }
-    let borrowed: Vec<(&str, &str)> = parts.iter().map(|(name, content)| (name.as_str(), content.as_str())).collect();
+    let borrowed: Vec<(&str, &str)> = parts
+        .iter()
+        .map(|(name, content)| (name.as_str(), content.as_str()))
+        .collect();
     write_package(&missing, &borrowed);
-    let run = db.importer(&["run", "--dry-run", "-t", "missing", missing.to_str().expect("utf-8 path")]);
+    let run = db.importer(&[
+        "run",
+        "--dry-run",
+        "-t",
+        "missing",
+        missing.to_str().expect("utf-8 path"),
+    ]);
     let line = fatal_error_line(&run);
-    assert!(line.contains("missing.xlsx") && line.contains("\"Data\"") && line.contains("sheet1.xml"), "{line}");
+    assert!(
+        line.contains("missing.xlsx") && line.contains("\"Data\"") && line.contains("sheet1.xml"),
+        "{line}"
+    );
 
     let broken = dir.path("broken.xlsx");
     hand_made_package(
         &broken,
-        &[("Data", "<row r=\"1\"><c r=\"A1\"><v>1</v></c></row><row r=\"2\"><c r=\"C2\" t=\"b\"><v>maybe</v></c></row>")],
+        &[(
+            "Data",
+            "<row r=\"1\"><c r=\"A1\"><v>1</v></c></row><row r=\"2\"><c r=\"C2\" t=\"b\"><v>maybe</v></c></row>",
+        )],
         "",
         "",
         false,
         (MAIN_NAMESPACE, RELATIONSHIPS),
     );
-    let run = db.importer(&["run", "--dry-run", "-t", "broken", broken.to_str().expect("utf-8 path")]);
+    let run = db.importer(&[
+        "run",
+        "--dry-run",
+        "-t",
+        "broken",
+        broken.to_str().expect("utf-8 path"),
+    ]);
     let line = fatal_error_line(&run);
-    assert!(line.contains("broken.xlsx") && line.contains("\"Data\"") && line.contains("cell C2"), "{line}");
+    assert!(
+        line.contains("broken.xlsx") && line.contains("\"Data\"") && line.contains("cell C2"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -433,16 +553,34 @@ fn every_xlsx_crasher_ends_in_a_normal_run_or_one_error_line_in_bounded_time() {
         .find(|candidate| candidate.is_dir())
         .expect("shared/crashers is beside the checkout");
     let paths = workbooks_in(&crashers);
-    assert!(!paths.is_empty(), "the crashers are found in {}", crashers.display());
+    assert!(
+        !paths.is_empty(),
+        "the crashers are found in {}",
+        crashers.display()
+    );
     let db = TestDb::new();
     for path in paths {
         let started = Instant::now();
-        let run = db.importer(&["run", "--dry-run", "-t", "fz", path.to_str().expect("utf-8 path")]);
+        let run = db.importer(&[
+            "run",
+            "--dry-run",
+            "-t",
+            "fz",
+            path.to_str().expect("utf-8 path"),
+        ]);
         let elapsed = started.elapsed();
-        assert!(elapsed < Duration::from_secs(20), "{}: {elapsed:?}", path.display());
+        assert!(
+            elapsed < Duration::from_secs(20),
+            "{}: {elapsed:?}",
+            path.display()
+        );
         if run.code != 0 {
             let line = fatal_error_line(&run);
-            assert!(line.len() < 1000 && !line.contains('\0'), "{}: {line}", path.display());
+            assert!(
+                line.len() < 1000 && !line.contains('\0'),
+                "{}: {line}",
+                path.display()
+            );
         }
     }
 }
@@ -466,8 +604,15 @@ fn mutate(content: &str, random: &mut ChaCha8Rng) -> String {
                     bytes.splice(at..at, span.iter().copied());
                 }
             }
-            3 => bytes.splice(at..at, b"4294967295".iter().copied()).for_each(drop),
-            _ => bytes.splice(at..at, b"<c r=\"XFD1048576\" t=\"s\"><v>99</v></c>".iter().copied()).for_each(drop),
+            3 => bytes
+                .splice(at..at, b"4294967295".iter().copied())
+                .for_each(drop),
+            _ => bytes
+                .splice(
+                    at..at,
+                    b"<c r=\"XFD1048576\" t=\"s\"><v>99</v></c>".iter().copied(),
+                )
+                .for_each(drop),
         }
     }
     String::from_utf8_lossy(&bytes).into_owned()
@@ -480,19 +625,37 @@ fn mutated_workbooks_never_panic_hang_or_blow_up() {
     let sheet = hand_made_sheet("");
     let path = dir.path("mutant.xlsx");
     for round in 0..300 {
-        let (mut sheet_xml, mut sst, mut styles) = (sheet.clone(), HAND_MADE_SST.to_string(), HAND_MADE_STYLES.to_string());
+        let (mut sheet_xml, mut sst, mut styles) = (
+            sheet.clone(),
+            HAND_MADE_SST.to_string(),
+            HAND_MADE_STYLES.to_string(),
+        );
         match round % 3 {
             0 => sheet_xml = mutate(&sheet_xml, &mut random),
             1 => sst = mutate(&sst, &mut random),
             _ => styles = mutate(&styles, &mut random),
         }
-        hand_made_package(&path, &[("Data", &sheet_xml)], &sst, &styles, false, (MAIN_NAMESPACE, RELATIONSHIPS));
+        hand_made_package(
+            &path,
+            &[("Data", &sheet_xml)],
+            &sst,
+            &styles,
+            false,
+            (MAIN_NAMESPACE, RELATIONSHIPS),
+        );
         let started = Instant::now();
         let outcome = std::panic::catch_unwind(|| read_all(&path, "Data", XlsxReader::Fast));
         assert!(outcome.is_ok(), "round {round} panicked");
-        assert!(started.elapsed() < Duration::from_secs(5), "round {round} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "round {round} took {:?}",
+            started.elapsed()
+        );
         if let Ok(Err(message)) = outcome {
-            assert!(!message.contains('\n') && message.len() < 2000, "round {round}: {message}");
+            assert!(
+                !message.contains('\n') && message.len() < 2000,
+                "round {round}: {message}"
+            );
         }
     }
 }

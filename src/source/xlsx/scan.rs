@@ -34,7 +34,9 @@ impl std::fmt::Display for ScanError {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ScanError::Io(error) => write!(formatter, "cannot inflate: {error}"),
-            ScanError::TooLong => formatter.write_str("an element is larger than the reader's limit"),
+            ScanError::TooLong => {
+                formatter.write_str("an element is larger than the reader's limit")
+            }
             ScanError::Cancelled => formatter.write_str("cancelled"),
             ScanError::Malformed(what) => write!(formatter, "malformed XML: {what}"),
             ScanError::Refused(why) => formatter.write_str(why),
@@ -82,7 +84,10 @@ impl<'c, R: Read> XmlStream<'c, R> {
 
     /// Reads more of the stream behind `data()`; `false` at the end of the stream.
     pub(super) fn fill(&mut self) -> Result<bool, ScanError> {
-        if self.cancel.is_some_and(|cancel| cancel.load(Ordering::Relaxed)) {
+        if self
+            .cancel
+            .is_some_and(|cancel| cancel.load(Ordering::Relaxed))
+        {
             return Err(ScanError::Cancelled);
         }
         if self.at_end {
@@ -269,7 +274,11 @@ pub(super) fn parse_tag(bytes: &[u8]) -> Result<Option<Tag>, ScanError> {
         (TagKind::Start, 1)
     };
     let mut index = name_start;
-    while index < bytes.len() && !is_space(bytes[index]) && bytes[index] != b'>' && bytes[index] != b'/' {
+    while index < bytes.len()
+        && !is_space(bytes[index])
+        && bytes[index] != b'>'
+        && bytes[index] != b'/'
+    {
         index += 1;
     }
     if index == bytes.len() {
@@ -318,7 +327,8 @@ pub(super) fn attribute<'a>(attributes: &'a [u8], name: &[u8]) -> Option<&'a [u8
             index += 1;
         }
         let key_start = index;
-        while index < attributes.len() && attributes[index] != b'=' && !is_space(attributes[index]) {
+        while index < attributes.len() && attributes[index] != b'=' && !is_space(attributes[index])
+        {
             index += 1;
         }
         let key = &attributes[key_start..index];
@@ -382,7 +392,10 @@ pub(super) fn find_end_tag(bytes: &[u8], qname: &[u8]) -> Option<EndTag> {
 /// A finder for [`XmlStream::read_until`]: the first `</qname>` at or after `from` in the
 /// window, as (index of its `<`, index after its `>`). It resumes where the previous
 /// window's search stopped, so a long element is scanned once, not once per read.
-pub(super) fn resumable_end_tag(from: usize, qname: &[u8]) -> impl FnMut(&[u8]) -> Option<(usize, usize)> + '_ {
+pub(super) fn resumable_end_tag(
+    from: usize,
+    qname: &[u8],
+) -> impl FnMut(&[u8]) -> Option<(usize, usize)> + '_ {
     let mut searched = from;
     move |data: &[u8]| {
         let start = searched.min(data.len());
@@ -424,8 +437,9 @@ pub(super) fn decode_text(raw: &[u8], out: &mut Vec<u8>) -> Result<(), ScanError
             b"quot" => out.push(b'"'),
             b"apos" => out.push(b'\''),
             _ => {
-                let character = character_reference(entity)
-                    .ok_or(ScanError::Malformed("an unknown entity or a bad character reference"))?;
+                let character = character_reference(entity).ok_or(ScanError::Malformed(
+                    "an unknown entity or a bad character reference",
+                ))?;
                 let mut encoded = [0; 4];
                 out.extend_from_slice(character.encode_utf8(&mut encoded).as_bytes());
             }
@@ -457,7 +471,8 @@ fn decode_content(raw: &[u8], out: &mut Vec<u8>) -> Result<(), ScanError> {
     while let Some(offset) = memchr(b'<', &raw[index..]) {
         decode_text(&raw[index..index + offset], out)?;
         index += offset;
-        let tag = parse_tag(&raw[index..])?.ok_or(ScanError::Malformed("an unclosed tag inside text"))?;
+        let tag =
+            parse_tag(&raw[index..])?.ok_or(ScanError::Malformed("an unclosed tag inside text"))?;
         if raw[index..].starts_with(b"<![CDATA[") {
             let inner = &raw[index + 9..index + tag.length - 3];
             // CDATA holds no entities, but its line ends are normalised too
@@ -525,8 +540,14 @@ pub(super) fn decode_string_item(
 
 /// `bytes` without leading and trailing space, tab, CR and LF (other Unicode spaces stay).
 fn trim_ascii_whitespace(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|byte| !is_space(*byte)).unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|byte| !is_space(*byte)).map_or(start, |last| last + 1);
+    let start = bytes
+        .iter()
+        .position(|byte| !is_space(*byte))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|byte| !is_space(*byte))
+        .map_or(start, |last| last + 1);
     &bytes[start..end]
 }
 
@@ -551,7 +572,8 @@ pub(super) fn unescape_excel(text: &[u8], out: &mut Vec<u8>) {
             0xD800..=0xDBFF => match escape_unit(text, next) {
                 Some(low @ 0xDC00..=0xDFFF) => {
                     next += ESCAPE_LENGTH;
-                    let code = 0x10000 + ((u32::from(unit) - 0xD800) << 10) + (u32::from(low) - 0xDC00);
+                    let code =
+                        0x10000 + ((u32::from(unit) - 0xD800) << 10) + (u32::from(low) - 0xDC00);
                     char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER)
                 }
                 _ => char::REPLACEMENT_CHARACTER,
@@ -596,9 +618,18 @@ mod tests {
             ("<t>plain</t>", "plain"),
             ("<t>  trimmed \r\n</t>", "trimmed"),
             ("<t xml:space=\"preserve\">  kept </t>", "  kept "),
-            ("<r><rPr><b/></rPr><t>bold</t></r><r><t xml:space=\"preserve\"> and</t></r>", "bold and"),
-            ("<t>漢字</t><rPh sb=\"0\" eb=\"2\"><t>カンジ</t></rPh>", "漢字"),
-            ("<t>a &amp; b &lt;c&gt; &quot;&apos; &#65;&#x42;</t>", "a & b <c> \"' AB"),
+            (
+                "<r><rPr><b/></rPr><t>bold</t></r><r><t xml:space=\"preserve\"> and</t></r>",
+                "bold and",
+            ),
+            (
+                "<t>漢字</t><rPh sb=\"0\" eb=\"2\"><t>カンジ</t></rPh>",
+                "漢字",
+            ),
+            (
+                "<t>a &amp; b &lt;c&gt; &quot;&apos; &#65;&#x42;</t>",
+                "a & b <c> \"' AB",
+            ),
             ("<t>line\r\nbreak&#13;</t>", "line\nbreak"),
             ("<t xml:space=\"preserve\">cr&#13;</t>", "cr\r"),
             ("<t>_x000D_x_x005F_x000D_</t>", "\rx_x000D_"),
@@ -633,7 +664,10 @@ mod tests {
     #[test]
     fn bad_entities_are_errors_not_guesses() {
         for raw in ["&nbsp;", "& b", "&#0;", "&#xD800;", "&#99999999;"] {
-            assert!(decode_text(raw.as_bytes(), &mut Vec::new()).is_err(), "{raw}");
+            assert!(
+                decode_text(raw.as_bytes(), &mut Vec::new()).is_err(),
+                "{raw}"
+            );
         }
     }
 

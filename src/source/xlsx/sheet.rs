@@ -15,8 +15,8 @@ use anyhow::{Context, anyhow, bail};
 use calamine::{CellErrorType, Data, ExcelDateTime, ExcelDateTimeType};
 
 use super::scan::{
-    ScanError, TagKind, XmlStream, attribute, decode_string_item, decode_text, find_end_tag, resumable_end_tag,
-    unescape_excel,
+    ScanError, TagKind, XmlStream, attribute, decode_string_item, decode_text, find_end_tag,
+    resumable_end_tag, unescape_excel,
 };
 use super::strings::{Entry, SharedStrings, Table};
 use super::styles::CellFormat;
@@ -58,6 +58,44 @@ pub(super) struct SheetOutcome {
 enum Pending {
     Ready(Data),
     Shared(u32),
+}
+
+/// A cell's `t` attribute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CellKind {
+    SharedString,
+    InlineString,
+    FormulaString,
+    Boolean,
+    Error,
+    Number,
+    IsoDate,
+    /// Refused when the cell has a value, as calamine does.
+    Unknown(String),
+}
+
+impl CellKind {
+    fn parse(kind: &[u8]) -> CellKind {
+        match kind {
+            b"s" => CellKind::SharedString,
+            b"inlineStr" | b"is" => CellKind::InlineString,
+            b"str" => CellKind::FormulaString,
+            b"b" => CellKind::Boolean,
+            b"e" => CellKind::Error,
+            b"n" => CellKind::Number,
+            b"d" => CellKind::IsoDate,
+            other => CellKind::Unknown(String::from_utf8_lossy(other).into_owned()),
+        }
+    }
+}
+
+/// A cell's `s` attribute as a style index; one that is not a number is style 0, as in
+/// calamine.
+fn style_index(style: &[u8]) -> usize {
+    std::str::from_utf8(style)
+        .ok()
+        .and_then(|style| style.parse::<usize>().ok())
+        .unwrap_or(0)
 }
 
 /// One cell's children, as found in its XML.
@@ -129,8 +167,9 @@ pub(super) fn read_sheet_cells(
         match (tag.kind, tag.local_name(data)) {
             (TagKind::Start | TagKind::Empty, b"row") => {
                 if let Some(reference) = attribute(tag.attribute_text(data), b"r") {
-                    let (row_index, _) = parse_reference(reference)
-                        .with_context(|| format!("row {} has a bad r attribute", state.row_index + 1))?;
+                    let (row_index, _) = parse_reference(reference).with_context(|| {
+                        format!("row {} has a bad r attribute", state.row_index + 1)
+                    })?;
                     state.row_index = row_index;
                 }
                 state.row_text_bytes = 0;
@@ -169,8 +208,9 @@ pub(super) fn read_sheet_cells(
                     None => (state.row_index, state.column_index),
                 };
                 let at_cell = || format!("cell {}", cell_name(position));
-                let style = attribute(attributes, b"s");
-                let kind = attribute(attributes, b"t");
+                // parsed here, so nothing borrowed from the window outlives a refill
+                let style = attribute(attributes, b"s").map(style_index);
+                let kind = attribute(attributes, b"t").map(CellKind::parse);
                 let cell = if tag.kind == TagKind::Empty {
                     stream.consume(tag.length);
                     (Pending::Ready(Data::Empty), false)
@@ -181,8 +221,6 @@ pub(super) fn read_sheet_cells(
                     } else {
                         Cow::Owned(qname.to_vec())
                     };
-                    let style = style.map(<[u8]>::to_vec);
-                    let kind = kind.map(<[u8]>::to_vec);
                     let start = tag.length;
                     let end = stream
                         .read_until(resumable_end_tag(start, &close))
@@ -197,8 +235,9 @@ pub(super) fn read_sheet_cells(
                         .with_context(at_cell)?
                         .with_context(|| format!("{}: the worksheet ends inside it", at_cell()))?;
                     let body = &stream.data()[start..end.0];
-                    let cell = decode_cell(body, kind.as_deref(), style.as_deref(), context, &mut text, &mut scratch)
-                        .with_context(at_cell)?;
+                    let cell =
+                        decode_cell(body, kind.as_ref(), style, context, &mut text, &mut scratch)
+                            .with_context(at_cell)?;
                     stream.consume(end.1);
                     cell
                 };
@@ -219,7 +258,11 @@ pub(super) fn read_sheet_cells(
                         charge_row(&mut state, text.len(), position)?;
                     }
                     Pending::Shared(index) => {
-                        state.highest_shared = Some(state.highest_shared.map_or(*index, |highest| highest.max(*index)));
+                        state.highest_shared = Some(
+                            state
+                                .highest_shared
+                                .map_or(*index, |highest| highest.max(*index)),
+                        );
                     }
                     Pending::Ready(_) => {}
                 }
@@ -307,8 +350,8 @@ fn flush(
 /// formula.
 fn decode_cell(
     body: &[u8],
-    kind: Option<&[u8]>,
-    style: Option<&[u8]>,
+    kind: Option<&CellKind>,
+    style: Option<usize>,
     context: &SheetContext<'_>,
     text: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
@@ -326,8 +369,13 @@ fn decode_cell(
         let local = tag.local_name(here);
         let inner = |index: usize| -> anyhow::Result<(&[u8], usize)> {
             let start = index + tag.length;
-            let end = find_end_tag(&body[start..], tag.qname(&body[index..]))
-                .with_context(|| format!("malformed XML: <{}> is not closed", String::from_utf8_lossy(local)))?;
+            let end =
+                find_end_tag(&body[start..], tag.qname(&body[index..])).with_context(|| {
+                    format!(
+                        "malformed XML: <{}> is not closed",
+                        String::from_utf8_lossy(local)
+                    )
+                })?;
             Ok((&body[start..start + end.start], start + end.after))
         };
         match (tag.kind, local) {
@@ -357,7 +405,10 @@ fn decode_cell(
                 value = CellValue::None;
             }
             (TagKind::Start | TagKind::Empty, name) => {
-                bail!("unexpected <{}> in a cell (expected v, f or is)", String::from_utf8_lossy(name))
+                bail!(
+                    "unexpected <{}> in a cell (expected v, f or is)",
+                    String::from_utf8_lossy(name)
+                )
             }
             _ => {}
         }
@@ -378,7 +429,10 @@ fn decode_cell(
 /// `bytes` as an owned string, within the per-cell limit.
 fn owned_text(bytes: &[u8]) -> anyhow::Result<String> {
     if bytes.len() > MAX_CELL_TEXT_BYTES {
-        bail!("its text is longer than the per-cell limit of {} MiB", MAX_CELL_TEXT_BYTES >> 20);
+        bail!(
+            "its text is longer than the per-cell limit of {} MiB",
+            MAX_CELL_TEXT_BYTES >> 20
+        );
     }
     let text = std::str::from_utf8(bytes).context("its text is not UTF-8")?;
     Ok(text.to_string())
@@ -387,8 +441,8 @@ fn owned_text(bytes: &[u8]) -> anyhow::Result<String> {
 /// Decodes the `<v>` of a cell by its `t` and `s` attributes, as calamine's `read_v` does.
 fn decode_value(
     raw: &[u8],
-    kind: Option<&[u8]>,
-    style: Option<&[u8]>,
+    kind: Option<&CellKind>,
+    style: Option<usize>,
     context: &SheetContext<'_>,
     text: &mut Vec<u8>,
 ) -> anyhow::Result<Pending> {
@@ -396,8 +450,8 @@ fn decode_value(
     decode_text(raw, text).map_err(|error| anyhow!("{error}"))?;
     let value = std::str::from_utf8(text).context("its value is not UTF-8")?;
     Ok(match kind {
-        Some(b"inlineStr" | b"is") => Pending::Ready(Data::Empty),
-        Some(b"s") => {
+        Some(CellKind::InlineString) => Pending::Ready(Data::Empty),
+        Some(CellKind::SharedString) => {
             let trimmed = value.trim_ascii();
             if trimmed.is_empty() {
                 return Ok(Pending::Ready(Data::Empty));
@@ -408,7 +462,7 @@ fn decode_value(
                 .with_context(|| format!("shared string index {trimmed:?} is not a number"))?;
             Pending::Shared(index)
         }
-        Some(b"b") => {
+        Some(CellKind::Boolean) => {
             let trimmed = value.trim();
             if trimmed.is_empty() {
                 Pending::Ready(Data::Empty)
@@ -420,46 +474,46 @@ fn decode_value(
                 bail!("boolean cell holds {value:?}")
             }
         }
-        Some(b"d") => Pending::Ready(Data::DateTimeIso(owned_text(value.as_bytes())?)),
-        Some(b"e") => Pending::Ready(Data::Error(parse_error(value)?)),
-        Some(b"str") => {
+        Some(CellKind::IsoDate) => Pending::Ready(Data::DateTimeIso(owned_text(value.as_bytes())?)),
+        Some(CellKind::Error) => Pending::Ready(Data::Error(parse_error(value)?)),
+        Some(CellKind::FormulaString) => {
             let mut unescaped = Vec::with_capacity(value.len());
             unescape_excel(value.as_bytes(), &mut unescaped);
             Pending::Ready(Data::String(owned_text(&unescaped)?))
         }
-        Some(b"n") | None => {
+        Some(CellKind::Number) | None => {
             if value.is_empty() {
                 return Ok(Pending::Ready(Data::Empty));
             }
             match value.parse::<f64>() {
                 Ok(number) => Pending::Ready(number_cell(number, style, context)),
-                Err(_) if kind.is_none() => Pending::Ready(Data::String(owned_text(value.as_bytes())?)),
+                Err(_) if kind.is_none() => {
+                    Pending::Ready(Data::String(owned_text(value.as_bytes())?))
+                }
                 Err(_) => bail!("numeric cell holds {value:?}"),
             }
         }
-        Some(other) => bail!("unknown cell type t={:?}", String::from_utf8_lossy(other)),
+        Some(CellKind::Unknown(other)) => bail!("unknown cell type t={other:?}"),
     })
 }
 
 /// A number, or a date when the cell's style formats it as one.
-fn number_cell(number: f64, style: Option<&[u8]>, context: &SheetContext<'_>) -> Data {
+fn number_cell(number: f64, style: Option<usize>, context: &SheetContext<'_>) -> Data {
     let format = match style {
-        Some(style) => {
-            let style_index = std::str::from_utf8(style)
-                .ok()
-                .and_then(|style| style.parse::<usize>().ok())
-                .unwrap_or(0);
-            context.formats.get(style_index).copied()
-        }
+        Some(style_index) => context.formats.get(style_index).copied(),
         None => Some(CellFormat::Other),
     };
     match format {
-        Some(CellFormat::DateTime) => {
-            Data::DateTime(ExcelDateTime::new(number, ExcelDateTimeType::DateTime, context.is_1904))
-        }
-        Some(CellFormat::TimeDelta) => {
-            Data::DateTime(ExcelDateTime::new(number, ExcelDateTimeType::TimeDelta, context.is_1904))
-        }
+        Some(CellFormat::DateTime) => Data::DateTime(ExcelDateTime::new(
+            number,
+            ExcelDateTimeType::DateTime,
+            context.is_1904,
+        )),
+        Some(CellFormat::TimeDelta) => Data::DateTime(ExcelDateTime::new(
+            number,
+            ExcelDateTimeType::TimeDelta,
+            context.is_1904,
+        )),
         _ => Data::Float(number),
     }
 }
@@ -492,9 +546,14 @@ pub(super) fn parse_reference(reference: &[u8]) -> anyhow::Result<(u32, Option<u
             }
             b'0'..=b'9' => {
                 digits = true;
-                row = row.saturating_mul(10).saturating_add(u32::from(byte - b'0'));
+                row = row
+                    .saturating_mul(10)
+                    .saturating_add(u32::from(byte - b'0'));
             }
-            _ => bail!("{:?} is not a cell reference", String::from_utf8_lossy(reference)),
+            _ => bail!(
+                "{:?} is not a cell reference",
+                String::from_utf8_lossy(reference)
+            ),
         }
     }
     let row = row
@@ -513,14 +572,20 @@ pub(super) fn cell_name((row_index, column_index): (u32, u32)) -> String {
         column = (column - 1) / 26;
     }
     letters.reverse();
-    format!("{}{}", String::from_utf8_lossy(&letters), u64::from(row_index) + 1)
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&letters),
+        u64::from(row_index) + 1
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn read(sheet: &str, formats: &[CellFormat]) -> anyhow::Result<(Vec<((u32, u32), Data)>, SheetOutcome)> {
+    type Cell = ((u32, u32), Data);
+
+    fn read(sheet: &str, formats: &[CellFormat]) -> anyhow::Result<(Vec<Cell>, SheetOutcome)> {
         let strings = SharedStrings::empty();
         let context = SheetContext {
             formats,
@@ -569,7 +634,14 @@ mod tests {
         assert_eq!(
             cells,
             vec![
-                ((0, 0), Data::DateTime(ExcelDateTime::new(45351.0, ExcelDateTimeType::DateTime, false))),
+                (
+                    (0, 0),
+                    Data::DateTime(ExcelDateTime::new(
+                        45351.0,
+                        ExcelDateTimeType::DateTime,
+                        false
+                    ))
+                ),
                 ((0, 1), Data::Float(2.5)),
                 ((0, 2), Data::String("x".to_string())),
                 ((0, 3), Data::DateTimeIso("2024-02-29".to_string())),
@@ -580,12 +652,30 @@ mod tests {
     #[test]
     fn malformed_cells_are_errors_naming_the_cell() {
         for (sheet, expected) in [
-            ("<row r=\"1\"><c r=\"B1\" t=\"s\"><v>0</v></c></row>", "cell B1: shared string 0 does not exist"),
-            ("<row r=\"1\"><c r=\"C1\" t=\"n\"><v>abc</v></c></row>", "cell C1: numeric cell holds \"abc\""),
-            ("<row r=\"1\"><c r=\"D1\" t=\"e\"><v>#SPILL!</v></c></row>", "cell D1: unknown error value"),
-            ("<row r=\"1\"><c r=\"E1\"><v>1</v>", "cell E1: the worksheet ends inside it"),
-            ("<row r=\"1\"><c r=\"F1\"><x/></c></row>", "cell F1: unexpected <x> in a cell"),
-            ("<row r=\"1\"><c r=\"1\"><v>1</v></c></row>", "bad r attribute"),
+            (
+                "<row r=\"1\"><c r=\"B1\" t=\"s\"><v>0</v></c></row>",
+                "cell B1: shared string 0 does not exist",
+            ),
+            (
+                "<row r=\"1\"><c r=\"C1\" t=\"n\"><v>abc</v></c></row>",
+                "cell C1: numeric cell holds \"abc\"",
+            ),
+            (
+                "<row r=\"1\"><c r=\"D1\" t=\"e\"><v>#SPILL!</v></c></row>",
+                "cell D1: unknown error value",
+            ),
+            (
+                "<row r=\"1\"><c r=\"E1\"><v>1</v>",
+                "cell E1: the worksheet ends inside it",
+            ),
+            (
+                "<row r=\"1\"><c r=\"F1\"><x/></c></row>",
+                "cell F1: unexpected <x> in a cell",
+            ),
+            (
+                "<row r=\"1\"><c r=\"1\"><v>1</v></c></row>",
+                "bad r attribute",
+            ),
         ] {
             let xml = format!("<worksheet><sheetData>{sheet}</sheetData></worksheet>");
             let message = format!("{:#}", read(&xml, &[]).unwrap_err());
@@ -594,13 +684,63 @@ mod tests {
     }
 
     #[test]
+    fn a_row_is_handed_on_as_soon_as_its_shared_strings_are_parsed() {
+        let strings = SharedStrings::default();
+        strings.publish_for_test(&["id", "name"], false);
+        let (sender, receiver) = std::sync::mpsc::sync_channel(4);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let context = SheetContext {
+                    formats: &[],
+                    is_1904: false,
+                    strings: &strings,
+                };
+                let sheet = "<worksheet><sheetData><row r=\"1\"><c r=\"A1\" t=\"s\"><v>0</v></c><c r=\"B1\" t=\"s\"><v>1</v></c></row>\
+                    <row r=\"2\"><c r=\"A2\" t=\"s\"><v>2</v></c></row></sheetData></worksheet>";
+                read_sheet_cells(sheet.as_bytes(), &context, &mut |event| {
+                    sender.send(event).expect("the test receives");
+                    ControlFlow::Continue(())
+                })
+            });
+            // the first row arrives while the table is still incomplete
+            assert_eq!(
+                receiver.recv().unwrap(),
+                SheetEvent::Cell((0, 0), Data::String("id".to_string()))
+            );
+            assert_eq!(
+                receiver.recv().unwrap(),
+                SheetEvent::Cell((0, 1), Data::String("name".to_string()))
+            );
+            assert_eq!(receiver.recv().unwrap(), SheetEvent::RowEnd);
+            strings.publish_for_test(&["Alice"], true);
+            assert_eq!(
+                receiver.recv().unwrap(),
+                SheetEvent::Cell((1, 0), Data::String("Alice".to_string()))
+            );
+            assert!(
+                reader
+                    .join()
+                    .expect("no panic")
+                    .expect("the sheet reads")
+                    .read_to_end
+            );
+        });
+    }
+
+    #[test]
     fn references_and_names_round_trip() {
         assert_eq!(parse_reference(b"A1").unwrap(), (0, Some(0)));
-        assert_eq!(parse_reference(b"XFD1048576").unwrap(), (1_048_575, Some(16_383)));
+        assert_eq!(
+            parse_reference(b"XFD1048576").unwrap(),
+            (1_048_575, Some(16_383))
+        );
         assert_eq!(parse_reference(b"7").unwrap(), (6, None));
         assert!(parse_reference(b"A0").is_err());
         assert!(parse_reference(b"A1B").is_err());
-        assert_eq!(parse_reference(b"ZZZZZZZZZZ99999999999").unwrap().0, u32::MAX - 1);
+        assert_eq!(
+            parse_reference(b"ZZZZZZZZZZ99999999999").unwrap().0,
+            u32::MAX - 1
+        );
         assert_eq!(cell_name((3, 2)), "C4");
         assert_eq!(cell_name((0, 16_383)), "XFD1");
         assert_eq!(cell_name((0, 26)), "AA1");

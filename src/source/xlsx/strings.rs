@@ -70,7 +70,8 @@ impl Table {
             self.ends[position - 1] as usize
         };
         // the parser appends only validated UTF-8, entry by entry
-        let text = std::str::from_utf8(&self.text[start..end]).expect("entries are validated UTF-8");
+        let text =
+            std::str::from_utf8(&self.text[start..end]).expect("entries are validated UTF-8");
         Some(Entry::Text(text))
     }
 
@@ -124,7 +125,9 @@ impl SharedStrings {
 
     fn lock(&self) -> MutexGuard<'_, Table> {
         // a panic in the parser thread is reported by its join; the table stays usable
-        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Tells the parser to stop.
@@ -134,13 +137,20 @@ impl SharedStrings {
 
     /// Waits until entry `index` is parsed or the table is complete, then gives access to
     /// it. Once complete, the table moves into `owned` and is read without locking.
-    pub(super) fn wait_for<'a>(&'a self, index: u32, owned: &'a mut Option<Table>) -> TableAccess<'a> {
+    pub(super) fn wait_for<'a>(
+        &'a self,
+        index: u32,
+        owned: &'a mut Option<Table>,
+    ) -> TableAccess<'a> {
         if owned.is_some() {
             return TableAccess::Owned(owned.as_ref().expect("checked above"));
         }
         let mut table = self.lock();
         while table.len() <= index as usize && !table.complete {
-            table = self.more.wait(table).unwrap_or_else(|poisoned| poisoned.into_inner());
+            table = self
+                .more
+                .wait(table)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         if table.complete {
             *owned = Some(std::mem::take(&mut *table));
@@ -156,6 +166,21 @@ impl SharedStrings {
         drop(table);
         self.more.notify_all();
         result
+    }
+
+    /// Publishes `texts` as the next entries, and completes the table if `complete`: what
+    /// the parser thread does, for tests of the sheet reader.
+    #[cfg(test)]
+    pub(super) fn publish_for_test(&self, texts: &[&str], complete: bool) {
+        let mut batch = Batch::default();
+        for text in texts {
+            batch.lengths.push(Some(text.len() as u32));
+            batch.text.extend_from_slice(text.as_bytes());
+        }
+        self.publish(&mut batch).expect("test batches are small");
+        if complete {
+            self.finish(None);
+        }
     }
 
     fn finish(&self, failure: Option<String>) {
@@ -175,7 +200,8 @@ struct FinishOnDrop<'a>(&'a SharedStrings);
 
 impl Drop for FinishOnDrop<'_> {
     fn drop(&mut self) {
-        self.0.finish(Some("the shared strings reader stopped".to_string()));
+        self.0
+            .finish(Some("the shared strings reader stopped".to_string()));
     }
 }
 
@@ -196,7 +222,9 @@ impl Batch {
         let mut end = table.text.len() as u32;
         for length in self.lengths.drain(..) {
             if table.len() >= MAX_SHARED_STRINGS {
-                return Err(format!("the table has more than {MAX_SHARED_STRINGS} entries"));
+                return Err(format!(
+                    "the table has more than {MAX_SHARED_STRINGS} entries"
+                ));
             }
             match length {
                 Some(length) => end = end.checked_add(length).ok_or_else(too_much_text)?,
@@ -256,7 +284,11 @@ fn parse_entries<R: Read>(
                 match found {
                     Ok(Some((body_end, after))) => {
                         item_text.clear();
-                        decode_string_item(&stream.data()[body_start..body_end], &mut item_text, &mut scratch)?;
+                        decode_string_item(
+                            &stream.data()[body_start..body_end],
+                            &mut item_text,
+                            &mut scratch,
+                        )?;
                         if std::str::from_utf8(&item_text).is_err() {
                             return Err(ScanError::Malformed("a shared string is not UTF-8"));
                         }
@@ -318,7 +350,9 @@ mod tests {
     #[test]
     fn an_oversized_entry_is_marked_and_the_next_ones_still_read() {
         let long = "x".repeat(MAX_CELL_TEXT_BYTES + 1);
-        let table = parse(&format!("<sst><si><t>{long}</t></si><si><t>after</t></si></sst>"));
+        let table = parse(&format!(
+            "<sst><si><t>{long}</t></si><si><t>after</t></si></sst>"
+        ));
         assert_eq!(table.get(0), Some(Entry::Oversized));
         assert_eq!(table.get(1), Some(Entry::Text("after")));
         assert!(table.text.len() < 16);
@@ -328,6 +362,10 @@ mod tests {
     fn a_truncated_part_keeps_what_it_read_and_says_why_it_stopped() {
         let table = parse("<sst><si><t>a</t></si><si><t>b");
         assert_eq!(table.len(), 1);
-        assert!(table.missing(1).contains("ends inside a <si>"), "{}", table.missing(1));
+        assert!(
+            table.missing(1).contains("ends inside a <si>"),
+            "{}",
+            table.missing(1)
+        );
     }
 }

@@ -54,8 +54,8 @@ pub(crate) fn builtin_format_by_id(id: &[u8]) -> CellFormat {
             CellFormat::DateTime
         }
         // East Asian built-ins (locale dates and clock times)
-        b"27" | b"28" | b"29" | b"30" | b"31" | b"32" | b"33" | b"34" | b"35" | b"36" | b"50" | b"51"
-        | b"52" | b"53" | b"54" | b"55" | b"56" | b"57" | b"58" => CellFormat::DateTime,
+        b"27" | b"28" | b"29" | b"30" | b"31" | b"32" | b"33" | b"34" | b"35" | b"36" | b"50"
+        | b"51" | b"52" | b"53" | b"54" | b"55" | b"56" | b"57" | b"58" => CellFormat::DateTime,
         // [h]:mm:ss
         b"46" => CellFormat::TimeDelta,
         _ => CellFormat::Other,
