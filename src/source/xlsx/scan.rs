@@ -368,8 +368,12 @@ pub(super) struct EndTag {
 /// Finds the first `</qname>` (whitespace allowed before `>`) in `bytes`.
 pub(super) fn find_end_tag(bytes: &[u8], qname: &[u8]) -> Option<EndTag> {
     let mut from = 0;
-    while let Some(offset) = memmem::find(&bytes[from..], b"</") {
+    while let Some(offset) = memchr(b'<', &bytes[from..]) {
         let start = from + offset;
+        if bytes.get(start + 1) != Some(&b'/') {
+            from = start + 1;
+            continue;
+        }
         let name_start = start + 2;
         let name_end = name_start + qname.len();
         if bytes.get(name_start..name_end) == Some(qname) {

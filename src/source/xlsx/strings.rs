@@ -31,7 +31,7 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// The parsed part of the table.
 #[derive(Debug, Default)]
 pub(super) struct Table {
-    text: Vec<u8>,
+    text: String,
     /// End offset in `text` of each entry; entry `i` starts where `i - 1` ends.
     ends: Vec<u32>,
     /// Entries (ascending) whose text is over the per-cell limit: kept empty, refused when
@@ -69,10 +69,7 @@ impl Table {
         } else {
             self.ends[position - 1] as usize
         };
-        // the parser appends only validated UTF-8, entry by entry
-        let text =
-            std::str::from_utf8(&self.text[start..end]).expect("entries are validated UTF-8");
-        Some(Entry::Text(text))
+        Some(Entry::Text(&self.text[start..end]))
     }
 
     /// Why no entry `index` exists (the table is complete or failed and shorter).
@@ -175,7 +172,7 @@ impl SharedStrings {
         let mut batch = Batch::default();
         for text in texts {
             batch.lengths.push(Some(text.len() as u32));
-            batch.text.extend_from_slice(text.as_bytes());
+            batch.text.push_str(text);
         }
         self.publish(&mut batch).expect("test batches are small");
         if complete {
@@ -208,7 +205,7 @@ impl Drop for FinishOnDrop<'_> {
 /// Entries parsed and not yet published.
 #[derive(Default)]
 struct Batch {
-    text: Vec<u8>,
+    text: String,
     /// Length of each entry's text, or `None` for an oversized entry.
     lengths: Vec<Option<u32>>,
 }
@@ -232,7 +229,7 @@ impl Batch {
             }
             table.ends.push(end);
         }
-        table.text.extend_from_slice(&self.text);
+        table.text.push_str(&self.text);
         self.text.clear();
         Ok(())
     }
@@ -289,14 +286,13 @@ fn parse_entries<R: Read>(
                             &mut item_text,
                             &mut scratch,
                         )?;
-                        if std::str::from_utf8(&item_text).is_err() {
-                            return Err(ScanError::Malformed("a shared string is not UTF-8"));
-                        }
-                        if item_text.len() > MAX_CELL_TEXT_BYTES {
+                        let text = std::str::from_utf8(&item_text)
+                            .map_err(|_| ScanError::Malformed("a shared string is not UTF-8"))?;
+                        if text.len() > MAX_CELL_TEXT_BYTES {
                             batch.lengths.push(None);
                         } else {
-                            batch.lengths.push(Some(item_text.len() as u32));
-                            batch.text.extend_from_slice(&item_text);
+                            batch.lengths.push(Some(text.len() as u32));
+                            batch.text.push_str(text);
                         }
                         stream.consume(after);
                     }
