@@ -1,6 +1,7 @@
 //! The shared-string table: parsed on its own thread while the sheet is read, kept in one
-//! arena (the UTF-8 text of every entry back to back, and one `u32` end offset per entry),
-//! and handed to the sheet reader as far as it is parsed.
+//! arena (the UTF-8 text of every entry back to back in 4 MiB blocks, which never move once
+//! written, so the table grows without copying; and one `u32` end offset per entry), and
+//! handed to the sheet reader as far as it is parsed.
 //!
 //! The parser publishes entries in batches under a mutex and wakes the sheet reader, which
 //! waits only when a row references an entry not parsed yet: writers such as Excel and
@@ -28,11 +29,23 @@ const BATCH_ENTRIES: usize = 1024;
 /// Text bytes the parser gathers before it publishes them.
 const BATCH_BYTES: usize = 256 * 1024;
 
+/// Bits of an entry's end offset that address bytes inside one block.
+const BLOCK_BITS: u32 = 22;
+
+/// Bytes of one arena block; an entry never spans two (the per-cell limit is smaller).
+const BLOCK_BYTES: usize = 1 << BLOCK_BITS;
+
+/// Blocks the `u32` offsets can address: 4 GiB of text.
+const MAX_BLOCKS: usize = 1 << (32 - BLOCK_BITS);
+
+const _: () = assert!(MAX_CELL_TEXT_BYTES < BLOCK_BYTES);
+
 /// The parsed part of the table.
 #[derive(Debug, Default)]
 pub(super) struct Table {
-    text: String,
-    /// End offset in `text` of each entry; entry `i` starts where `i - 1` ends.
+    blocks: Vec<String>,
+    /// End of each entry as (block << BLOCK_BITS) | offset in the block; an entry starts
+    /// where the one before ends, or at the start of its block if that one is elsewhere.
     ends: Vec<u32>,
     /// Entries (ascending) whose text is over the per-cell limit: kept empty, refused when
     /// a cell uses them.
@@ -60,16 +73,47 @@ impl Table {
     /// Entry `index`, if parsed.
     pub(super) fn get(&self, index: u32) -> Option<Entry<'_>> {
         let position = index as usize;
-        let end = *self.ends.get(position)? as usize;
+        let end = *self.ends.get(position)?;
         if !self.oversized.is_empty() && self.oversized.binary_search(&index).is_ok() {
             return Some(Entry::Oversized);
         }
-        let start = if position == 0 {
-            0
-        } else {
-            self.ends[position - 1] as usize
+        let block = (end >> BLOCK_BITS) as usize;
+        let mask = (1u32 << BLOCK_BITS) - 1;
+        let start = match position.checked_sub(1).map(|before| self.ends[before]) {
+            Some(before) if before >> BLOCK_BITS == end >> BLOCK_BITS => before & mask,
+            _ => 0,
         };
-        Some(Entry::Text(&self.text[start..end]))
+        let text = self.blocks.get(block).map_or("", String::as_str);
+        Some(Entry::Text(&text[start as usize..(end & mask) as usize]))
+    }
+
+    /// Appends one entry's text; the error says which limit it passes.
+    fn push(&mut self, text: Option<&str>) -> Result<(), String> {
+        if self.len() >= MAX_SHARED_STRINGS {
+            return Err(format!(
+                "the table has more than {MAX_SHARED_STRINGS} entries"
+            ));
+        }
+        let length = text.map_or(0, str::len);
+        if self
+            .blocks
+            .last()
+            .is_none_or(|block| block.len() + length >= BLOCK_BYTES)
+        {
+            if self.blocks.len() >= MAX_BLOCKS {
+                return Err("the table holds more than 4 GiB of text".to_string());
+            }
+            self.blocks.push(String::with_capacity(BLOCK_BYTES));
+        }
+        let block_index = self.blocks.len() - 1;
+        let block = self.blocks.last_mut().expect("a block was just ensured");
+        match text {
+            Some(text) => block.push_str(text),
+            None => self.oversized.push(self.ends.len() as u32),
+        }
+        self.ends
+            .push(((block_index as u32) << BLOCK_BITS) | block.len() as u32);
+        Ok(())
     }
 
     /// Why no entry `index` exists (the table is complete or failed and shorter).
@@ -212,26 +256,20 @@ struct Batch {
 
 impl Batch {
     fn append_to(&mut self, table: &mut Table) -> Result<(), String> {
-        let too_much_text = || "the table holds more than 4 GiB of text".to_string();
-        if u32::try_from(table.text.len() + self.text.len()).is_err() {
-            return Err(too_much_text());
-        }
-        let mut end = table.text.len() as u32;
+        let mut cursor = 0;
+        let mut result = Ok(());
         for length in self.lengths.drain(..) {
-            if table.len() >= MAX_SHARED_STRINGS {
-                return Err(format!(
-                    "the table has more than {MAX_SHARED_STRINGS} entries"
-                ));
+            let text = length.map(|length| {
+                let text = &self.text[cursor..cursor + length as usize];
+                cursor += length as usize;
+                text
+            });
+            if result.is_ok() {
+                result = table.push(text);
             }
-            match length {
-                Some(length) => end = end.checked_add(length).ok_or_else(too_much_text)?,
-                None => table.oversized.push(table.ends.len() as u32),
-            }
-            table.ends.push(end);
         }
-        table.text.push_str(&self.text);
         self.text.clear();
-        Ok(())
+        result
     }
 }
 
@@ -351,7 +389,28 @@ mod tests {
         ));
         assert_eq!(table.get(0), Some(Entry::Oversized));
         assert_eq!(table.get(1), Some(Entry::Text("after")));
-        assert!(table.text.len() < 16);
+        assert!(table.blocks.iter().map(String::len).sum::<usize>() < 16);
+    }
+
+    #[test]
+    fn entries_past_a_block_start_a_new_block_and_still_read_whole() {
+        let table = SharedStrings::default();
+        let long = "y".repeat(MAX_CELL_TEXT_BYTES);
+        let texts: Vec<&str> = std::iter::repeat_n(long.as_str(), 5)
+            .chain(["", "tail"])
+            .collect();
+        table.publish_for_test(&texts, true);
+        let table = table.table.into_inner().unwrap();
+        assert_eq!(table.blocks.len(), 2);
+        for index in 0..5 {
+            assert_eq!(
+                table.get(index),
+                Some(Entry::Text(long.as_str())),
+                "{index}"
+            );
+        }
+        assert_eq!(table.get(5), Some(Entry::Text("")));
+        assert_eq!(table.get(6), Some(Entry::Text("tail")));
     }
 
     #[test]
