@@ -228,9 +228,25 @@ impl XlsxWorkbook {
                         }
                     })
             });
-            let outcome = match archive.by_name(&member) {
-                Ok(part) => read_sheet_cells(part, &sheet_context, visit),
-                Err(error) => Err(anyhow!(innermost_cause(&error))),
+            // the sheet is inflated on a thread of its own, a bounded channel of chunks ahead
+            // of the scanner (which also converts, in the pipeline's reader thread)
+            let (chunk_sender, chunk_receiver) =
+                std::sync::mpsc::sync_channel(INFLATED_CHUNKS_AHEAD);
+            let inflater = std::thread::Builder::new()
+                .name("xlsx-inflate".to_string())
+                .spawn_scoped(scope, || inflate_into(archive, &member, chunk_sender));
+            let outcome = match inflater {
+                Ok(inflater) => {
+                    let outcome =
+                        read_sheet_cells(ChunkRead::new(chunk_receiver), &sheet_context, visit);
+                    // the receiver is gone: the inflater stops at its next chunk
+                    if inflater.join().is_err() {
+                        Err(anyhow!("the sheet inflater panicked"))
+                    } else {
+                        outcome
+                    }
+                }
+                Err(error) => Err(anyhow!(error).context("cannot start the sheet inflater")),
             };
             strings.cancel();
             match parser.map(|spawned| spawned.map(|handle| handle.join().is_ok())) {
@@ -520,6 +536,84 @@ impl<R: Read> Read for BoundedRead<R> {
             ))
         })?;
         Ok(read)
+    }
+}
+
+/// Inflated chunks of the sheet part the inflater may be ahead of the scanner.
+const INFLATED_CHUNKS_AHEAD: usize = 4;
+
+/// Bytes of one inflated chunk.
+const INFLATED_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Inflates zip member `member` into chunks sent to `sender`, until its end, an error
+/// (sent on), or the receiver is gone.
+fn inflate_into(
+    archive: &mut ZipArchive<BufReader<File>>,
+    member: &str,
+    sender: std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>,
+) {
+    let mut part = match archive.by_name(member) {
+        Ok(part) => part,
+        Err(error) => {
+            let _ = sender.send(Err(std::io::Error::other(innermost_cause(&error))));
+            return;
+        }
+    };
+    loop {
+        let mut chunk = vec![0; INFLATED_CHUNK_BYTES];
+        let mut filled = 0;
+        while filled < chunk.len() {
+            match part.read(&mut chunk[filled..]) {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    let _ = sender.send(Err(error));
+                    return;
+                }
+            }
+        }
+        chunk.truncate(filled);
+        if filled == 0 || sender.send(Ok(chunk)).is_err() {
+            return;
+        }
+    }
+}
+
+/// The reading end of [`inflate_into`]'s channel, as a [`Read`].
+struct ChunkRead {
+    receiver: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    offset: usize,
+}
+
+impl ChunkRead {
+    fn new(receiver: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>) -> Self {
+        Self {
+            receiver,
+            chunk: Vec::new(),
+            offset: 0,
+        }
+    }
+}
+
+impl Read for ChunkRead {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        if self.offset == self.chunk.len() {
+            match self.receiver.recv() {
+                Ok(chunk) => {
+                    self.chunk = chunk?;
+                    self.offset = 0;
+                }
+                // the inflater is done: the end of the part
+                Err(_) => return Ok(0),
+            }
+        }
+        let available = &self.chunk[self.offset..];
+        let count = available.len().min(buffer.len());
+        buffer[..count].copy_from_slice(&available[..count]);
+        self.offset += count;
+        Ok(count)
     }
 }
 
