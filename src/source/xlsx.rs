@@ -5,10 +5,12 @@
 //! tests (tests/integration/xlsx_reader.rs).
 //!
 //! Why: reading a large .xlsx is where the time goes. The shared strings and the sheet are
-//! inflated and parsed at the same time, on two threads with a zip handle each (`strings`,
-//! `sheet`); both are scanned by a scanner made for SpreadsheetML (`scan`, memchr over the
-//! few tags that matter) rather than a general XML event parser; the shared strings live in
-//! one arena; and a row is handed on as soon as the strings it references are parsed.
+//! inflated and parsed at the same time, with a zip handle each: the shared strings on one
+//! thread (`strings`), the sheet inflated on another and scanned (`sheet`) on the caller's,
+//! joined by bounded channels and a condvar, never by a second pass; both are scanned by a
+//! scanner made for SpreadsheetML (`scan`, memchr over the few tags that matter) rather than
+//! a general XML event parser; the shared strings live in one arena; and a row is handed on
+//! as soon as the strings it references are parsed.
 //!
 //! What it covers: shared strings, inline strings (`t="inlineStr"`), `t="str"` formula
 //! results, booleans, error cells, numbers, ISO date cells (`t="d"`), rich-text runs,
