@@ -1,5 +1,6 @@
 //! Front-end throughput without a database: reading each producer style (shared strings,
-//! inline strings, CSV), converting, and converting + COPY-encoding into a null sink.
+//! inline strings, CSV; .xlsx with our reader and with calamine's), converting, and
+//! converting + COPY-encoding into a null sink.
 //! `cargo bench --bench convert`
 
 use std::hint::black_box;
@@ -7,7 +8,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use importer::cli::GenerateArgs;
+use importer::cli::{GenerateArgs, XlsxReader};
 use importer::pipeline::convert_row;
 use importer::schema::{Column, ColumnType};
 use importer::sink::copy::encode_row;
@@ -29,12 +30,13 @@ fn generate(directory: &Path, name: &str, inline_strings: bool) -> PathBuf {
     out
 }
 
-fn spec(path: &Path) -> SourceSpec {
+fn spec(path: &Path, xlsx_reader: XlsxReader) -> SourceSpec {
     SourceSpec {
         path: path.to_path_buf(),
         sheet: None,
         header_row: 1,
         csv: importer::source::CsvOptions::default(),
+        xlsx_reader,
     }
 }
 
@@ -54,9 +56,9 @@ fn business_columns() -> Vec<Column> {
 }
 
 /// Reads every data row (the header is skipped), handing each to `visit`.
-fn for_each_row(path: &Path, mut visit: impl FnMut(SheetRow)) {
+fn for_each_row(path: &Path, xlsx_reader: XlsxReader, mut visit: impl FnMut(SheetRow)) {
     let mut is_header = true;
-    read_rows(&spec(path), &mut |row| {
+    read_rows(&spec(path, xlsx_reader), &mut |row| {
         if is_header {
             is_header = false;
         } else {
@@ -87,21 +89,26 @@ fn benches(criterion: &mut Criterion) {
     read.throughput(Throughput::Elements(ROW_COUNT));
     read.sample_size(10);
     for (name, path) in &inputs {
-        read.bench_function(*name, |bencher| {
-            bencher.iter(|| {
-                let mut row_count = 0u64;
-                for_each_row(path, |row| {
-                    black_box(row);
-                    row_count += 1;
-                });
-                assert_eq!(row_count, ROW_COUNT);
-            })
-        });
+        for (reader_name, reader) in [("", XlsxReader::Fast), ("_calamine", XlsxReader::Calamine)] {
+            if *name == "csv" && reader == XlsxReader::Calamine {
+                continue;
+            }
+            read.bench_function(format!("{name}{reader_name}"), |bencher| {
+                bencher.iter(|| {
+                    let mut row_count = 0u64;
+                    for_each_row(path, reader, |row| {
+                        black_box(row);
+                        row_count += 1;
+                    });
+                    assert_eq!(row_count, ROW_COUNT);
+                })
+            });
+        }
     }
     read.finish();
 
     let mut rows = Vec::new();
-    for_each_row(&inputs[0].1, |row| rows.push(row));
+    for_each_row(&inputs[0].1, XlsxReader::Fast, |row| rows.push(row));
     let mut convert = criterion.benchmark_group("convert");
     convert.throughput(Throughput::Elements(ROW_COUNT));
     convert.bench_function("convert", |bencher| {
@@ -133,7 +140,7 @@ fn benches(criterion: &mut Criterion) {
             let mut encoded = Vec::with_capacity(4 << 20);
             bencher.iter(|| {
                 encoded.clear();
-                for_each_row(path, |row| {
+                for_each_row(path, XlsxReader::Fast, |row| {
                     if let Ok(converted) = convert_row(&columns, row) {
                         encode_row(&converted.values, &mut encoded);
                     }

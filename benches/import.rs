@@ -68,6 +68,7 @@ fn benches(criterion: &mut Criterion) {
             no_create: true,
             connect_timeout: 30,
             csv: importer::cli::CsvArgs::default(),
+            xlsx_reader: importer::cli::XlsxReader::Fast,
         };
         group.bench_function(method.name(), |bencher| {
             bencher.iter_custom(|iterations| {

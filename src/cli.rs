@@ -105,6 +105,16 @@ impl Method {
     }
 }
 
+/// Which reader reads .xlsx and .xlsm files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum XlsxReader {
+    /// Our streaming reader: shared strings and sheet parsed concurrently
+    #[default]
+    Fast,
+    /// calamine's cell reader, for a file the fast reader gets wrong
+    Calamine,
+}
+
 /// How logs are written on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -164,6 +174,9 @@ pub struct ImportArgs {
 
     #[command(flatten)]
     pub csv: CsvArgs,
+    /// Reader of .xlsx/.xlsm files: fast (our own) or calamine
+    #[arg(long, value_enum, default_value_t = XlsxReader::Fast)]
+    pub xlsx_reader: XlsxReader,
 }
 
 /// What a run does to the rows already in the table.

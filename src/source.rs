@@ -23,6 +23,7 @@ mod isolated;
 mod ods;
 mod sniff;
 mod stdin;
+mod xlsx;
 
 pub use csv::CsvOptions;
 pub use stdin::{StdinSpool, input_name, is_stdin};
@@ -39,6 +40,7 @@ use calamine::{
     CellErrorType, Data, DataRef, ExcelDateTime, Range, Reader, Sheets, open_workbook_auto,
 };
 
+use crate::cli::XlsxReader;
 use crate::convert::{Rejection, cell_text};
 use crate::message::{quoted, shown_path};
 
@@ -91,6 +93,8 @@ pub struct SourceSpec {
     pub header_row: u32,
     /// How a CSV file is read (and whether any file is read as CSV).
     pub csv: CsvOptions,
+    /// Which reader reads .xlsx and .xlsm files.
+    pub xlsx_reader: XlsxReader,
 }
 
 /// One non-blank row of the sheet.
@@ -197,6 +201,11 @@ pub fn read_rows(
         });
     }
     sniff::check_workbook(path, extension(path).as_deref().unwrap_or_default())?;
+    if spec.xlsx_reader == XlsxReader::Fast
+        && matches!(extension(path).as_deref(), Some("xlsx" | "xlsm"))
+    {
+        return read_xlsx(spec, &mut rows);
+    }
     if extension(path).as_deref() == Some("ods") {
         let mut workbook = ods::OdsWorkbook::open(path)?;
         let names = match spec.sheet {
@@ -314,6 +323,31 @@ pub(crate) fn read_calamine(
         }
     }
     Ok(summary)
+}
+
+/// Reads .xlsx/.xlsm with our own reader (`xlsx`).
+fn read_xlsx(spec: &SourceSpec, rows: &mut RowAssembler<'_>) -> anyhow::Result<SheetSummary> {
+    let mut workbook = xlsx::XlsxWorkbook::open(&spec.path)?;
+    let sheet_name = pick_sheet(&workbook.sheet_names(), spec.sheet.as_deref(), &spec.path)?;
+    let read = workbook.read_sheet(&sheet_name, &mut |event| {
+        match event {
+            xlsx::SheetEvent::Cell(position, cell) => rows.push_owned(position, cell),
+            // a complete row goes on at once (the header read stops there)
+            xlsx::SheetEvent::RowEnd => rows.flush(),
+        }
+        if rows.stopped {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })?;
+    // the text limits of workbook cells hold for this reader too
+    rows.finish()
+        .with_context(|| sheet_context(&sheet_name, &spec.path))?;
+    Ok(SheetSummary {
+        sheet_name,
+        declared_last_row: read.declared_last_row,
+    })
 }
 
 /// The innermost cause of `error`, as text.
@@ -798,6 +832,7 @@ mod tests {
                 sheet: None,
                 header_row: 1,
                 csv: CsvOptions::default(),
+                xlsx_reader: XlsxReader::Calamine,
             };
             let message = format!("{:#}", read_header(&spec).unwrap_err());
             let prefix = format!(

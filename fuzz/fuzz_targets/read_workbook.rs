@@ -17,6 +17,7 @@ fuzz_target!(|bytes: &[u8]| {
         let path = dir.join(format!("input.{extension}"));
         std::fs::write(&path, bytes).expect("temp file is writable");
         let spec = SourceSpec {
+            xlsx_reader: importer::cli::XlsxReader::Fast,
             path,
             sheet: None,
             header_row: 1,

@@ -419,6 +419,7 @@ pub async fn prepare(args: &ImportArgs) -> anyhow::Result<Prepared> {
         sheet: args.sheet.clone(),
         header_row: args.header_row,
         csv: csv_options(args),
+        xlsx_reader: args.xlsx_reader,
     };
     let header = blocking({
         let source = source.clone();

@@ -93,7 +93,13 @@ fn invalid_utf8_record_is_rejected_and_the_rest_load(method: &str) {
         lines,
         vec![
             vec!["row_number", "column", "reason", "name", "age"],
-            vec!["3", "", "invalid UTF-8 (people.csv!3:3)", "b\u{fffd}b", "41"],
+            vec![
+                "3",
+                "",
+                "invalid UTF-8 (people.csv!3:3)",
+                "b\u{fffd}b",
+                "41"
+            ],
             vec!["5", "", "invalid UTF-8 (people.csv!5:5)", "\u{fffd}", ""],
         ]
     );

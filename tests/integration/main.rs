@@ -16,3 +16,4 @@ mod nightly;
 mod rejects;
 mod strategies;
 mod util;
+mod xlsx_reader;

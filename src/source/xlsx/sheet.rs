@@ -1,0 +1,748 @@
+//! The worksheet reader: scans `<sheetData>` row by row and cell by cell, decodes each cell
+//! into the calamine [`Data`] calamine's own cell reader gives for it, and hands the
+//! non-empty ones, in sheet order, to the caller.
+//!
+//! A row's cells are gathered first (shared-string cells as their index only) and resolved
+//! against the shared-string table in one step when the row ends, waiting there only if the
+//! table has not reached the row's highest index yet. It does not assemble rows or skip the
+//! rows above the header: the cells go next into the parent module's `RowAssembler`.
+
+use std::borrow::Cow;
+use std::io::Read;
+use std::ops::ControlFlow;
+
+use anyhow::{Context, anyhow, bail};
+use calamine::{CellErrorType, Data, ExcelDateTime, ExcelDateTimeType};
+
+use super::scan::{
+    ScanError, TagKind, XmlStream, attribute, decode_string_item, decode_text, find_end_tag,
+    resumable_end_tag, unescape_excel,
+};
+use super::strings::{Entry, SharedStrings, Table};
+use super::styles::CellFormat;
+use super::{MAX_CELL_TEXT_BYTES, MAX_ELEMENT_XML_BYTES, MAX_ROW_TEXT_BYTES};
+
+/// Cells gathered before they are resolved and handed on, even inside one `<row>`.
+const MAX_PENDING_CELLS: usize = 4096;
+
+/// What the sheet reader hands on.
+#[derive(Debug, PartialEq)]
+pub(crate) enum SheetEvent {
+    /// A non-empty cell and its 0-based (row, column).
+    Cell((u32, u32), Data),
+    /// A `<row>` ended: the cells before belong to complete rows.
+    RowEnd,
+}
+
+/// What the sheet needs from the workbook.
+pub(super) struct SheetContext<'a> {
+    pub(super) formats: &'a [CellFormat],
+    pub(super) is_1904: bool,
+    pub(super) strings: &'a SharedStrings,
+}
+
+/// What reading the sheet found besides its cells.
+#[derive(Debug, Default)]
+pub(super) struct SheetOutcome {
+    /// 1-based last row of the sheet's `<dimension>` claim (a hint, never trusted).
+    pub(super) declared_last_row: Option<u32>,
+    /// Formula cells that hold no cached value (they load as NULL).
+    pub(super) uncached_formula_count: u64,
+    /// The first of them, 0-based (row, column).
+    pub(super) first_uncached_formula: Option<(u32, u32)>,
+    /// The sheet was read to its end (the caller did not stop it).
+    pub(super) read_to_end: bool,
+}
+
+/// A cell waiting for its row to end.
+enum Pending {
+    Ready(Data),
+    Shared(u32),
+}
+
+/// A cell's `t` attribute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CellKind {
+    SharedString,
+    InlineString,
+    FormulaString,
+    Boolean,
+    Error,
+    Number,
+    IsoDate,
+    /// Refused when the cell has a value, as calamine does.
+    Unknown(String),
+}
+
+impl CellKind {
+    fn parse(kind: &[u8]) -> CellKind {
+        match kind {
+            b"s" => CellKind::SharedString,
+            b"inlineStr" | b"is" => CellKind::InlineString,
+            b"str" => CellKind::FormulaString,
+            b"b" => CellKind::Boolean,
+            b"e" => CellKind::Error,
+            b"n" => CellKind::Number,
+            b"d" => CellKind::IsoDate,
+            other => CellKind::Unknown(String::from_utf8_lossy(other).into_owned()),
+        }
+    }
+}
+
+/// A cell's `s` attribute as a style index; one that is not a number is style 0, as in
+/// calamine.
+fn style_index(style: &[u8]) -> usize {
+    std::str::from_utf8(style)
+        .ok()
+        .and_then(|style| style.parse::<usize>().ok())
+        .unwrap_or(0)
+}
+
+/// One cell's children, as found in its XML.
+enum CellValue<'a> {
+    None,
+    V(&'a [u8]),
+    Is(&'a [u8]),
+}
+
+struct RowState {
+    row_index: u32,
+    column_index: u32,
+    pending: Vec<((u32, u32), Pending)>,
+    highest_shared: Option<u32>,
+    /// Text bytes materialised for the current `<row>`.
+    row_text_bytes: usize,
+}
+
+/// Reads the cells of one worksheet part; `visit` gets each non-empty cell with its 0-based
+/// (row, column) and may stop the read.
+pub(super) fn read_sheet_cells(
+    reader: impl Read,
+    context: &SheetContext<'_>,
+    visit: &mut dyn FnMut(SheetEvent) -> ControlFlow<()>,
+) -> anyhow::Result<SheetOutcome> {
+    let mut stream = XmlStream::new(reader, MAX_ELEMENT_XML_BYTES, None);
+    let mut outcome = SheetOutcome::default();
+    let malformed = |error: ScanError| anyhow!("{error}");
+    // the prologue: everything before <sheetData>
+    loop {
+        let Some(tag) = stream.next_tag().map_err(malformed)? else {
+            bail!("the worksheet has no <sheetData>");
+        };
+        let data = stream.data();
+        match (tag.kind, tag.local_name(data)) {
+            (TagKind::Start | TagKind::Empty, b"dimension") => {
+                outcome.declared_last_row = attribute(tag.attribute_text(data), b"ref")
+                    .and_then(|reference| reference.split(|byte| *byte == b':').next_back())
+                    .and_then(|corner| parse_reference(corner).ok())
+                    .map(|(row_index, _)| row_index.saturating_add(1));
+            }
+            (TagKind::Start, b"sheetData") => {
+                stream.consume(tag.length);
+                break;
+            }
+            (TagKind::Empty, b"sheetData") => {
+                outcome.read_to_end = true;
+                return Ok(outcome);
+            }
+            _ => {}
+        }
+        stream.consume(tag.length);
+    }
+    let mut state = RowState {
+        row_index: 0,
+        column_index: 0,
+        pending: Vec::new(),
+        highest_shared: None,
+        row_text_bytes: 0,
+    };
+    let mut owned_table: Option<Table> = None;
+    let mut text = Vec::new();
+    let mut scratch = Vec::new();
+    loop {
+        let Some(tag) = stream.next_tag().map_err(malformed)? else {
+            bail!("the worksheet ends before </sheetData>");
+        };
+        let data = stream.data();
+        match (tag.kind, tag.local_name(data)) {
+            (TagKind::Start | TagKind::Empty, b"row") => {
+                if let Some(reference) = attribute(tag.attribute_text(data), b"r") {
+                    let (row_index, _) = parse_reference(reference).with_context(|| {
+                        format!("row {} has a bad r attribute", state.row_index + 1)
+                    })?;
+                    state.row_index = row_index;
+                }
+                state.row_text_bytes = 0;
+                if tag.kind == TagKind::Empty {
+                    state.row_index = state.row_index.saturating_add(1);
+                    state.column_index = 0;
+                }
+                stream.consume(tag.length);
+            }
+            (TagKind::End, b"row") => {
+                stream.consume(tag.length);
+                if flush(&mut state, context, &mut owned_table, visit)?.is_break()
+                    || visit(SheetEvent::RowEnd).is_break()
+                {
+                    return Ok(outcome);
+                }
+                state.row_index = state.row_index.saturating_add(1);
+                state.column_index = 0;
+            }
+            (TagKind::Start | TagKind::Empty, b"c") => {
+                let attributes = tag.attribute_text(data);
+                let position = match attribute(attributes, b"r") {
+                    Some(reference) => {
+                        let (row_index, column_index) = parse_reference(reference)
+                            .ok()
+                            .and_then(|(row_index, column_index)| Some((row_index, column_index?)))
+                            .with_context(|| {
+                                format!(
+                                    "cell {} has a bad r attribute",
+                                    cell_name((state.row_index, state.column_index))
+                                )
+                            })?;
+                        state.column_index = column_index;
+                        (row_index, column_index)
+                    }
+                    None => (state.row_index, state.column_index),
+                };
+                let at_cell = || format!("cell {}", cell_name(position));
+                // parsed here, so nothing borrowed from the window outlives a refill
+                let style = attribute(attributes, b"s").map(style_index);
+                let kind = attribute(attributes, b"t").map(CellKind::parse);
+                let cell = if tag.kind == TagKind::Empty {
+                    stream.consume(tag.length);
+                    (Pending::Ready(Data::Empty), false)
+                } else {
+                    let qname = tag.qname(data);
+                    let close: Cow<'_, [u8]> = if qname == b"c" {
+                        Cow::Borrowed(b"c")
+                    } else {
+                        Cow::Owned(qname.to_vec())
+                    };
+                    let start = tag.length;
+                    let end = stream
+                        .read_until(resumable_end_tag(start, &close))
+                        .map_err(|error| match error {
+                            ScanError::TooLong => anyhow!(
+                                "the cell holds more than {} MiB of XML (the per-cell limit is {} MiB of text)",
+                                MAX_ELEMENT_XML_BYTES >> 20,
+                                MAX_CELL_TEXT_BYTES >> 20
+                            ),
+                            error => anyhow!("{error}"),
+                        })
+                        .with_context(at_cell)?
+                        .with_context(|| format!("{}: the worksheet ends inside it", at_cell()))?;
+                    let body = &stream.data()[start..end.0];
+                    let cell =
+                        decode_cell(body, kind.as_ref(), style, context, &mut text, &mut scratch)
+                            .with_context(at_cell)?;
+                    stream.consume(end.1);
+                    cell
+                };
+                let (pending, has_formula) = cell;
+                state.column_index = state.column_index.saturating_add(1);
+                match &pending {
+                    Pending::Ready(Data::Empty) => {
+                        if has_formula {
+                            outcome.uncached_formula_count += 1;
+                            outcome.first_uncached_formula.get_or_insert(position);
+                        }
+                        continue;
+                    }
+                    Pending::Ready(Data::String(text)) => {
+                        if text.is_empty() {
+                            continue;
+                        }
+                        charge_row(&mut state, text.len(), position)?;
+                    }
+                    Pending::Shared(index) => {
+                        state.highest_shared = Some(
+                            state
+                                .highest_shared
+                                .map_or(*index, |highest| highest.max(*index)),
+                        );
+                    }
+                    Pending::Ready(_) => {}
+                }
+                state.pending.push((position, pending));
+                if state.pending.len() >= MAX_PENDING_CELLS
+                    && flush(&mut state, context, &mut owned_table, visit)?.is_break()
+                {
+                    return Ok(outcome);
+                }
+            }
+            (TagKind::End, b"sheetData") => {
+                if flush(&mut state, context, &mut owned_table, visit)?.is_continue() {
+                    outcome.read_to_end = true;
+                }
+                return Ok(outcome);
+            }
+            _ => stream.consume(tag.length),
+        }
+    }
+}
+
+/// Counts `byte_count` bytes of text against the current row's budget.
+fn charge_row(state: &mut RowState, byte_count: usize, position: (u32, u32)) -> anyhow::Result<()> {
+    state.row_text_bytes += byte_count;
+    if state.row_text_bytes > MAX_ROW_TEXT_BYTES {
+        bail!(
+            "row {} holds more than {} MiB of text (at cell {})",
+            position.0 + 1,
+            MAX_ROW_TEXT_BYTES >> 20,
+            cell_name(position)
+        );
+    }
+    Ok(())
+}
+
+/// Resolves the gathered cells' shared strings and hands them to `visit`.
+fn flush(
+    state: &mut RowState,
+    context: &SheetContext<'_>,
+    owned_table: &mut Option<Table>,
+    visit: &mut dyn FnMut(SheetEvent) -> ControlFlow<()>,
+) -> anyhow::Result<ControlFlow<()>> {
+    if state.pending.is_empty() {
+        return Ok(ControlFlow::Continue(()));
+    }
+    let mut pending = std::mem::take(&mut state.pending);
+    if let Some(highest) = state.highest_shared.take() {
+        let table = context.strings.wait_for(highest, owned_table);
+        for (position, cell) in &mut pending {
+            if let Pending::Shared(index) = *cell {
+                let text = match table.get(index) {
+                    Some(Entry::Text(text)) => text,
+                    Some(Entry::Oversized) => bail!(
+                        "cell {}: its shared string is longer than the per-cell limit of {} MiB",
+                        cell_name(*position),
+                        MAX_CELL_TEXT_BYTES >> 20
+                    ),
+                    None => bail!("cell {}: {}", cell_name(*position), table.missing(index)),
+                };
+                if !text.is_empty() {
+                    charge_row(state, text.len(), *position)?;
+                }
+                *cell = Pending::Ready(Data::String(text.to_string()));
+            }
+        }
+    }
+    let mut flow = ControlFlow::Continue(());
+    for (position, cell) in pending.drain(..) {
+        let Pending::Ready(data) = cell else {
+            unreachable!("every shared cell was resolved above");
+        };
+        if matches!(&data, Data::String(text) if text.is_empty()) {
+            continue;
+        }
+        if flow.is_continue() {
+            flow = visit(SheetEvent::Cell(position, data));
+        }
+    }
+    // the vector is reused: its capacity is one row's
+    state.pending = pending;
+    Ok(flow)
+}
+
+/// Decodes one cell from the XML between `<c ...>` and `</c>`; also says whether it has a
+/// formula.
+fn decode_cell(
+    body: &[u8],
+    kind: Option<&CellKind>,
+    style: Option<usize>,
+    context: &SheetContext<'_>,
+    text: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> anyhow::Result<(Pending, bool)> {
+    let mut value = CellValue::None;
+    let mut has_formula = false;
+    let mut index = 0;
+    // as in calamine, the last child element decides the value
+    while let Some(offset) = memchr::memchr(b'<', &body[index..]) {
+        index += offset;
+        let tag = super::scan::parse_tag(&body[index..])
+            .map_err(|error| anyhow!("{error}"))?
+            .context("malformed XML: an unclosed tag")?;
+        let here = &body[index..];
+        let local = tag.local_name(here);
+        let inner = |index: usize| -> anyhow::Result<(&[u8], usize)> {
+            let start = index + tag.length;
+            let end =
+                find_end_tag(&body[start..], tag.qname(&body[index..])).with_context(|| {
+                    format!(
+                        "malformed XML: <{}> is not closed",
+                        String::from_utf8_lossy(local)
+                    )
+                })?;
+            Ok((&body[start..start + end.start], start + end.after))
+        };
+        match (tag.kind, local) {
+            (TagKind::Start, b"v") => {
+                let (content, after) = inner(index)?;
+                value = CellValue::V(content);
+                index = after;
+                continue;
+            }
+            (TagKind::Empty, b"v") => value = CellValue::V(b""),
+            (TagKind::Start, b"is") => {
+                let (content, after) = inner(index)?;
+                value = CellValue::Is(content);
+                index = after;
+                continue;
+            }
+            (TagKind::Empty, b"is") => value = CellValue::Is(b""),
+            (TagKind::Start, b"f") => {
+                has_formula = true;
+                value = CellValue::None;
+                let (_, after) = inner(index)?;
+                index = after;
+                continue;
+            }
+            (TagKind::Empty, b"f") => {
+                has_formula = true;
+                value = CellValue::None;
+            }
+            (TagKind::Start | TagKind::Empty, name) => {
+                bail!(
+                    "unexpected <{}> in a cell (expected v, f or is)",
+                    String::from_utf8_lossy(name)
+                )
+            }
+            _ => {}
+        }
+        index += tag.length;
+    }
+    let pending = match value {
+        CellValue::None => Pending::Ready(Data::Empty),
+        CellValue::Is(content) => {
+            text.clear();
+            decode_string_item(content, text, scratch).map_err(|error| anyhow!("{error}"))?;
+            Pending::Ready(Data::String(owned_text(text)?))
+        }
+        CellValue::V(raw) => decode_value(raw, kind, style, context, text)?,
+    };
+    Ok((pending, has_formula))
+}
+
+/// `bytes` as an owned string, within the per-cell limit.
+fn owned_text(bytes: &[u8]) -> anyhow::Result<String> {
+    if bytes.len() > MAX_CELL_TEXT_BYTES {
+        bail!(
+            "its text is longer than the per-cell limit of {} MiB",
+            MAX_CELL_TEXT_BYTES >> 20
+        );
+    }
+    let text = std::str::from_utf8(bytes).context("its text is not UTF-8")?;
+    Ok(text.to_string())
+}
+
+/// Decodes the `<v>` of a cell by its `t` and `s` attributes, as calamine's `read_v` does.
+fn decode_value(
+    raw: &[u8],
+    kind: Option<&CellKind>,
+    style: Option<usize>,
+    context: &SheetContext<'_>,
+    text: &mut Vec<u8>,
+) -> anyhow::Result<Pending> {
+    text.clear();
+    decode_text(raw, text).map_err(|error| anyhow!("{error}"))?;
+    let value = std::str::from_utf8(text).context("its value is not UTF-8")?;
+    Ok(match kind {
+        Some(CellKind::InlineString) => Pending::Ready(Data::Empty),
+        Some(CellKind::SharedString) => {
+            let trimmed = value.trim_ascii();
+            if trimmed.is_empty() {
+                return Ok(Pending::Ready(Data::Empty));
+            }
+            // calamine reads an unparsable index as 0; a wrong string is worse than an error
+            let index = trimmed
+                .parse::<u32>()
+                .with_context(|| format!("shared string index {trimmed:?} is not a number"))?;
+            Pending::Shared(index)
+        }
+        Some(CellKind::Boolean) => {
+            let trimmed = value.trim();
+            if trimmed.is_empty() {
+                Pending::Ready(Data::Empty)
+            } else if trimmed == "0" || trimmed.eq_ignore_ascii_case("false") {
+                Pending::Ready(Data::Bool(false))
+            } else if trimmed == "1" || trimmed.eq_ignore_ascii_case("true") {
+                Pending::Ready(Data::Bool(true))
+            } else {
+                bail!("boolean cell holds {value:?}")
+            }
+        }
+        Some(CellKind::IsoDate) => Pending::Ready(Data::DateTimeIso(owned_text(value.as_bytes())?)),
+        Some(CellKind::Error) => Pending::Ready(Data::Error(parse_error(value)?)),
+        Some(CellKind::FormulaString) => {
+            let mut unescaped = Vec::with_capacity(value.len());
+            unescape_excel(value.as_bytes(), &mut unescaped);
+            Pending::Ready(Data::String(owned_text(&unescaped)?))
+        }
+        Some(CellKind::Number) | None => {
+            if value.is_empty() {
+                return Ok(Pending::Ready(Data::Empty));
+            }
+            match value.parse::<f64>() {
+                Ok(number) => Pending::Ready(number_cell(number, style, context)),
+                Err(_) if kind.is_none() => {
+                    Pending::Ready(Data::String(owned_text(value.as_bytes())?))
+                }
+                Err(_) => bail!("numeric cell holds {value:?}"),
+            }
+        }
+        Some(CellKind::Unknown(other)) => bail!("unknown cell type t={other:?}"),
+    })
+}
+
+/// A number, or a date when the cell's style formats it as one.
+fn number_cell(number: f64, style: Option<usize>, context: &SheetContext<'_>) -> Data {
+    let format = match style {
+        Some(style_index) => context.formats.get(style_index).copied(),
+        None => Some(CellFormat::Other),
+    };
+    match format {
+        Some(CellFormat::DateTime) => Data::DateTime(ExcelDateTime::new(
+            number,
+            ExcelDateTimeType::DateTime,
+            context.is_1904,
+        )),
+        Some(CellFormat::TimeDelta) => Data::DateTime(ExcelDateTime::new(
+            number,
+            ExcelDateTimeType::TimeDelta,
+            context.is_1904,
+        )),
+        _ => Data::Float(number),
+    }
+}
+
+/// The error value of a `t="e"` cell; the ones calamine knows.
+fn parse_error(value: &str) -> anyhow::Result<CellErrorType> {
+    Ok(match value {
+        "#DIV/0!" => CellErrorType::Div0,
+        "#N/A" => CellErrorType::NA,
+        "#NAME?" => CellErrorType::Name,
+        "#NULL!" => CellErrorType::Null,
+        "#NUM!" => CellErrorType::Num,
+        "#REF!" => CellErrorType::Ref,
+        "#VALUE!" => CellErrorType::Value,
+        other => bail!("unknown error value {other:?}"),
+    })
+}
+
+/// Parses an A1 reference (`C4`, or a row number alone) into its 0-based row and column.
+pub(super) fn parse_reference(reference: &[u8]) -> anyhow::Result<(u32, Option<u32>)> {
+    let mut column: u32 = 0;
+    let mut row: u32 = 0;
+    let mut digits = false;
+    for &byte in reference {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' if !digits => {
+                column = column
+                    .saturating_mul(26)
+                    .saturating_add(u32::from(byte.to_ascii_uppercase() - b'A') + 1);
+            }
+            b'0'..=b'9' => {
+                digits = true;
+                row = row
+                    .saturating_mul(10)
+                    .saturating_add(u32::from(byte - b'0'));
+            }
+            _ => bail!(
+                "{:?} is not a cell reference",
+                String::from_utf8_lossy(reference)
+            ),
+        }
+    }
+    let row = row
+        .checked_sub(1)
+        .with_context(|| format!("{:?} has no row number", String::from_utf8_lossy(reference)))?;
+    Ok((row, column.checked_sub(1)))
+}
+
+/// The A1 name of a 0-based (row, column).
+pub(super) fn cell_name((row_index, column_index): (u32, u32)) -> String {
+    let mut letters = Vec::new();
+    let mut column = u64::from(column_index) + 1;
+    while column > 0 {
+        let remainder = ((column - 1) % 26) as u8;
+        letters.push(b'A' + remainder);
+        column = (column - 1) / 26;
+    }
+    letters.reverse();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&letters),
+        u64::from(row_index) + 1
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Cell = ((u32, u32), Data);
+
+    fn read(sheet: &str, formats: &[CellFormat]) -> anyhow::Result<(Vec<Cell>, SheetOutcome)> {
+        let strings = SharedStrings::empty();
+        let context = SheetContext {
+            formats,
+            is_1904: false,
+            strings: &strings,
+        };
+        let mut cells = Vec::new();
+        let outcome = read_sheet_cells(sheet.as_bytes(), &context, &mut |event| {
+            if let SheetEvent::Cell(position, data) = event {
+                cells.push((position, data));
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok((cells, outcome))
+    }
+
+    #[test]
+    fn cells_and_rows_without_r_follow_the_previous_ones() {
+        let sheet = "<worksheet><dimension ref=\"A1:XFD1048576\"/><sheetData>\
+            <row><c><v>1</v></c><c t=\"b\"><v>1</v></c></row>\
+            <row r=\"5\"><c r=\"C5\" t=\"str\"><f>x</f><v>a_x000D_b</v></c><c t=\"e\"><v>#N/A</v></c></row>\
+            <row><c t=\"inlineStr\"><is><t>in</t></is></c><c><f>1+1</f></c><c><f t=\"shared\" si=\"0\"/><v/></c></row>\
+            </sheetData></worksheet>";
+        let (cells, outcome) = read(sheet, &[]).unwrap();
+        assert_eq!(
+            cells,
+            vec![
+                ((0, 0), Data::Float(1.0)),
+                ((0, 1), Data::Bool(true)),
+                ((4, 2), Data::String("a\rb".to_string())),
+                ((4, 3), Data::Error(CellErrorType::NA)),
+                ((5, 0), Data::String("in".to_string())),
+            ]
+        );
+        assert_eq!(outcome.declared_last_row, Some(1_048_576));
+        assert_eq!(outcome.uncached_formula_count, 2);
+        assert_eq!(outcome.first_uncached_formula, Some((5, 1)));
+        assert!(outcome.read_to_end);
+    }
+
+    #[test]
+    fn styles_decide_dates_and_a_missing_style_is_a_number() {
+        let sheet = "<worksheet><sheetData><row r=\"1\"><c r=\"A1\" s=\"1\"><v>45351</v></c>\
+            <c r=\"B1\" s=\"9\"><v>2.5</v></c><c r=\"C1\"><v>x</v></c><c r=\"D1\" t=\"d\"><v>2024-02-29</v></c></row></sheetData></worksheet>";
+        let (cells, _) = read(sheet, &[CellFormat::Other, CellFormat::DateTime]).unwrap();
+        assert_eq!(
+            cells,
+            vec![
+                (
+                    (0, 0),
+                    Data::DateTime(ExcelDateTime::new(
+                        45351.0,
+                        ExcelDateTimeType::DateTime,
+                        false
+                    ))
+                ),
+                ((0, 1), Data::Float(2.5)),
+                ((0, 2), Data::String("x".to_string())),
+                ((0, 3), Data::DateTimeIso("2024-02-29".to_string())),
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_cells_are_errors_naming_the_cell() {
+        for (sheet, expected) in [
+            (
+                "<row r=\"1\"><c r=\"B1\" t=\"s\"><v>0</v></c></row>",
+                "cell B1: shared string 0 does not exist",
+            ),
+            (
+                "<row r=\"1\"><c r=\"C1\" t=\"n\"><v>abc</v></c></row>",
+                "cell C1: numeric cell holds \"abc\"",
+            ),
+            (
+                "<row r=\"1\"><c r=\"D1\" t=\"e\"><v>#SPILL!</v></c></row>",
+                "cell D1: unknown error value",
+            ),
+            (
+                "<row r=\"1\"><c r=\"E1\"><v>1</v>",
+                "cell E1: the worksheet ends inside it",
+            ),
+            (
+                "<row r=\"1\"><c r=\"F1\"><x/></c></row>",
+                "cell F1: unexpected <x> in a cell",
+            ),
+            (
+                "<row r=\"1\"><c r=\"1\"><v>1</v></c></row>",
+                "bad r attribute",
+            ),
+        ] {
+            let xml = format!("<worksheet><sheetData>{sheet}</sheetData></worksheet>");
+            let message = format!("{:#}", read(&xml, &[]).unwrap_err());
+            assert!(message.contains(expected), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_row_is_handed_on_as_soon_as_its_shared_strings_are_parsed() {
+        let strings = SharedStrings::default();
+        strings.publish_for_test(&["id", "name"], false);
+        let (sender, receiver) = std::sync::mpsc::sync_channel(4);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let context = SheetContext {
+                    formats: &[],
+                    is_1904: false,
+                    strings: &strings,
+                };
+                let sheet = "<worksheet><sheetData><row r=\"1\"><c r=\"A1\" t=\"s\"><v>0</v></c><c r=\"B1\" t=\"s\"><v>1</v></c></row>\
+                    <row r=\"2\"><c r=\"A2\" t=\"s\"><v>2</v></c></row></sheetData></worksheet>";
+                read_sheet_cells(sheet.as_bytes(), &context, &mut |event| {
+                    sender.send(event).expect("the test receives");
+                    ControlFlow::Continue(())
+                })
+            });
+            // the first row arrives while the table is still incomplete
+            assert_eq!(
+                receiver.recv().unwrap(),
+                SheetEvent::Cell((0, 0), Data::String("id".to_string()))
+            );
+            assert_eq!(
+                receiver.recv().unwrap(),
+                SheetEvent::Cell((0, 1), Data::String("name".to_string()))
+            );
+            assert_eq!(receiver.recv().unwrap(), SheetEvent::RowEnd);
+            strings.publish_for_test(&["Alice"], true);
+            assert_eq!(
+                receiver.recv().unwrap(),
+                SheetEvent::Cell((1, 0), Data::String("Alice".to_string()))
+            );
+            assert!(
+                reader
+                    .join()
+                    .expect("no panic")
+                    .expect("the sheet reads")
+                    .read_to_end
+            );
+        });
+    }
+
+    #[test]
+    fn references_and_names_round_trip() {
+        assert_eq!(parse_reference(b"A1").unwrap(), (0, Some(0)));
+        assert_eq!(
+            parse_reference(b"XFD1048576").unwrap(),
+            (1_048_575, Some(16_383))
+        );
+        assert_eq!(parse_reference(b"7").unwrap(), (6, None));
+        assert!(parse_reference(b"A0").is_err());
+        assert!(parse_reference(b"A1B").is_err());
+        assert_eq!(
+            parse_reference(b"ZZZZZZZZZZ99999999999").unwrap().0,
+            u32::MAX - 1
+        );
+        assert_eq!(cell_name((3, 2)), "C4");
+        assert_eq!(cell_name((0, 16_383)), "XFD1");
+        assert_eq!(cell_name((0, 26)), "AA1");
+    }
+}
