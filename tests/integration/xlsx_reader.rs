@@ -470,7 +470,7 @@ fn an_encrypted_workbook_is_one_error_line_saying_so() {
         path.to_str().expect("utf-8 path"),
     ]);
     let line = fatal_error_line(&run);
-    assert!(line.contains("password protected"), "{line}");
+    assert!(line.contains("password-protected"), "{line}");
     assert!(line.contains("secret.xlsx"), "{line}");
 }
 
