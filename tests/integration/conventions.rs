@@ -47,7 +47,12 @@ fn importer_with_env(
 /// Runs the binary under a pseudo-terminal (util-linux `script`), so stderr is a terminal;
 /// returns the exit code and everything the terminal received.
 fn importer_on_a_terminal(db: &TestDb, env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
-    let mut line = shell_quote(env!("CARGO_BIN_EXE_importer"));
+    on_a_terminal(db, env, env!("CARGO_BIN_EXE_importer"), args)
+}
+
+/// Runs `program` with `args` under a pseudo-terminal, as [`importer_on_a_terminal`] does.
+fn on_a_terminal(db: &TestDb, env: &[(&str, &str)], program: &str, args: &[&str]) -> (i32, String) {
+    let mut line = shell_quote(program);
     for arg in args {
         line.push(' ');
         line.push_str(&shell_quote(arg));
@@ -704,5 +709,97 @@ fn the_default_table_name_is_trimmed_of_underscores_at_the_ends() {
         db.scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"),
         Some("1".to_string()),
         "nothing is created"
+    );
+}
+
+#[test]
+fn on_a_terminal_a_down_server_is_announced_at_once_with_how_long_it_is_retried() {
+    let db = TestDb::new();
+    let dir = TempDir::new();
+    let csv = dir.path("people.csv");
+    std::fs::write(&csv, "name\nann\n").expect("temp file is writable");
+    // nothing listens on port 1: every attempt is refused, and the run gives up after 2 s
+    let (code, screen) = importer_on_a_terminal(
+        &db,
+        &[],
+        &[
+            "run",
+            "--database-url",
+            "postgres://loader@127.0.0.1:1/warehouse",
+            "--connect-timeout",
+            "2",
+            "-t",
+            "people",
+            path_str(&csv),
+        ],
+    );
+    assert_eq!(code, 1, "{screen}");
+    let announced = screen
+        .lines()
+        .find(|line| line.contains("retrying for up to 2 s (--connect-timeout 2)"))
+        .unwrap_or_else(|| panic!("the retry is announced on the terminal\n{screen}"));
+    assert!(announced.contains("127.0.0.1:1"), "{announced}");
+    let error = screen
+        .lines()
+        .find(|line| line.starts_with("error: "))
+        .unwrap_or_else(|| panic!("one error line\n{screen}"));
+    assert!(!error.contains("docker compose"), "{error}");
+}
+
+#[test]
+fn on_a_terminal_ctrl_c_clears_the_bar_before_the_warning_and_the_stats() {
+    let db = TestDb::new();
+    // a slow table: every row takes 50 ms, so the run is mid-way when Ctrl-C comes
+    db.execute(
+        "CREATE TABLE people (name text);
+         CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM pg_sleep(0.05); RETURN NEW; END $$;
+         CREATE TRIGGER slow BEFORE INSERT ON people FOR EACH ROW EXECUTE FUNCTION slow();",
+    );
+    let dir = TempDir::new();
+    let csv = dir.path("people.csv");
+    let mut text = String::from("name\n");
+    for number in 0..2000 {
+        text.push_str(&format!("person {number}\n"));
+    }
+    std::fs::write(&csv, text).expect("temp file is writable");
+    // `timeout` sends SIGINT (what Ctrl-C sends) 3 s in, and passes the importer's exit on
+    let (code, screen) = on_a_terminal(
+        &db,
+        &[],
+        "timeout",
+        &[
+            "--preserve-status",
+            "-s",
+            "INT",
+            "3",
+            env!("CARGO_BIN_EXE_importer"),
+            "run",
+            "-m",
+            "sequential",
+            "-t",
+            "people",
+            path_str(&csv),
+        ],
+    );
+    assert_eq!(code, 130, "{screen:?}");
+    let stopping = screen
+        .find("stopping")
+        .unwrap_or_else(|| panic!("the stop is logged\n{screen:?}"));
+    let before = &screen[..stopping];
+    let last_bar = before
+        .rfind(" rows")
+        .unwrap_or_else(|| panic!("the bar was drawn before Ctrl-C\n{screen:?}"));
+    // indicatif clears its line with ESC [ 2K; the warning must not be drawn over the bar
+    assert!(
+        before[last_bar..].contains("\x1b[2K"),
+        "the bar is cleared before the warning: {:?}",
+        &before[last_bar.saturating_sub(200)..]
+    );
+    // and it stays gone: the rows already read are finished without it
+    assert!(
+        !screen[stopping..].contains("rows/s"),
+        "no bar after Ctrl-C: {:?}",
+        &screen[stopping..]
     );
 }
