@@ -33,7 +33,7 @@ use super::{Outcome, SignalListener};
 use crate::cli::{Mode, OutputFormat, RunArgs};
 use crate::job::ImportJob;
 use crate::sink::TableName;
-use crate::sink::chunks::{self, ChunkLedger, CommittedRows};
+use crate::sink::chunks::{self, ChunkLedger, CommittedRows, Fence};
 use crate::sink::ledger::{self, Ledger, RunOutcome, RunStart};
 use crate::sink::lock::{self, TableLock};
 use crate::sink::staging;
@@ -48,6 +48,8 @@ pub struct RunRecord {
     lock: Option<TableLock>,
     /// The ledger's pool and the run's id, once the run is recorded as running.
     entry: Option<(PgPool, i64)>,
+    /// The run's hold on its table, once it took the table's fencing token.
+    fence: Option<Fence>,
     stats: Option<ImportStats>,
     /// How the rows ended, when the run fails only after they are committed.
     rows_outcome: Option<Outcome>,
@@ -77,6 +79,7 @@ impl RunRecord {
             ledger: keeps_ledger.then(|| Ledger::new(&args.ledger.ledger_schema)),
             lock: None,
             entry: None,
+            fence: None,
             stats: None,
             rows_outcome: None,
             already_in: None,
@@ -207,7 +210,9 @@ impl RunRecord {
         }
         let run_id =
             ledger::insert_run(&prepared.pool, &ledger, &start, RunOutcome::Running, None).await?;
-        chunks::take_fence(&prepared.pool, &ledger, run_id, &table, lock_key, lock_pid).await?;
+        let fence =
+            chunks::take_fence(&prepared.pool, &ledger, run_id, &table, lock_key, lock_pid).await?;
+        self.fence = Some(fence);
         if (args.resume || args.skip_unchanged) && !staged {
             self.resume(
                 &prepared.pool,
@@ -228,10 +233,11 @@ impl RunRecord {
     /// recorded as running: not for `--dry-run` or a skipped run) and, when resuming, which
     /// rows are already in.
     pub fn attach_to(&self, job: &mut ImportJob, connect_timeout: Duration) {
-        job.chunk_ledger = match (&self.entry, &self.ledger) {
-            (Some((_, run_id)), Some(ledger)) => Some(ChunkLedger {
+        job.chunk_ledger = match (&self.entry, &self.ledger, self.fence) {
+            (Some((_, run_id)), Some(ledger), Some(fence)) => Some(ChunkLedger {
                 run_id: *run_id,
                 ledger: ledger.clone(),
+                fence,
                 connect_timeout,
             }),
             _ => None,

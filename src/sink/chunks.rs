@@ -5,7 +5,7 @@
 //! number of rows that run put in the table, and that sum, not the writers' own tally, is
 //! what the stats report.
 //!
-//! Writers call `importer.record_chunk(run_id, first_row, last_row, row_count)` inside their
+//! Writers call `importer.record_chunk(run_id, first_row, last_row, row_count, <fence>)` inside their
 //! transaction (in a CTE of the INSERT, or after the COPY before COMMIT); this module owns
 //! that function and the queries that read the ledger back. The strategies decide when.
 
@@ -22,8 +22,10 @@ use crate::pipeline::ConvertedRow;
 /// The chunk ledger's name, for messages.
 pub const CHUNKS_TABLE: &str = "importer.chunks";
 
-/// The function every write transaction calls, by its SQL signature.
-const RECORD_CHUNK_SIGNATURE: &str = "importer.record_chunk(bigint,bigint,bigint,bigint)";
+/// The function every write transaction calls, by its SQL signature (run, first row, last
+/// row, row count, then the run's fence: token, lock key, lock backend pid and start).
+const RECORD_CHUNK_SIGNATURE: &str =
+    "importer.record_chunk(bigint,bigint,bigint,bigint,bigint,bigint,integer,bigint)";
 
 /// How long the end of a run tries the pool before it opens a connection of its own.
 const POOL_ATTEMPT_TIME: Duration = Duration::from_secs(2);
@@ -33,10 +35,24 @@ const POOL_ATTEMPT_TIME: Duration = Duration::from_secs(2);
 ///
 /// The fence: `importer.table_locks` holds one token per table, bumped by each run that takes
 /// the table's advisory lock, and the run keeps its token and its lock connection's backend
-/// in its `importer.runs` row. `record_chunk` refuses (SQLSTATE [`FENCED`]) when the token has
-/// moved on or the lock backend no longer holds the lock. It reads the token `FOR SHARE`, so a
-/// new holder's bump waits for the old run's transaction in flight, and every later write of
-/// the old run fails: two runs never write the same table at once.
+/// (in its `importer.runs` row, and in memory: the writers pass them to `record_chunk`).
+/// Every write transaction takes the table's fence key (the lock key's two halves as an
+/// advisory key of the two-integer form, a lock space apart from the run locks) SHARED
+/// until its commit; a new holder takes it EXCLUSIVE to bump the token, so the bump waits for
+/// the old run's writes in flight. `record_chunk` then refuses (SQLSTATE [`FENCED`]) when the
+/// token has moved on or the lock backend is gone, so every later write of the old run
+/// fails: two runs never write the same table at once. The fence key is an in-memory lock:
+/// unlike a row lock on the token, it costs no WAL and no MultiXact.
+///
+/// "The lock backend is gone" stands for "the lock backend no longer holds the lock": a
+/// session-level advisory lock is lost only with its session, or by an explicit unlock,
+/// which only `TableLock::release` does, once the writers are done. The backend is looked up
+/// by pid and start time with `pg_stat_get_activity(pid)` (the writers run as the lock's
+/// role, so they see its start), not in `pg_locks`, whose scan takes every lock-table
+/// partition and cost more than the rest of a one-row commit.
+///
+/// Run once per database version: the functions of the first ledgers, which took the run
+/// from `importer.runs` and read the token `FOR SHARE`, are replaced here.
 const CREATE_CHUNK_LEDGER: &str = "
 ALTER TABLE importer.runs
     ADD COLUMN IF NOT EXISTS lock_token bigint,
@@ -57,6 +73,10 @@ CREATE TABLE IF NOT EXISTS importer.table_locks (
 );
 COMMENT ON TABLE importer.table_locks IS
     'importer fencing tokens: bumped by every run that takes a table''s lock; writes of a run whose token is not the current one fail';
+ALTER TABLE importer.table_locks ADD COLUMN IF NOT EXISTS lock_key bigint;
+COMMENT ON COLUMN importer.table_locks.lock_key IS
+    'the table''s run lock key, by which writers find the token';
+CREATE INDEX IF NOT EXISTS table_locks_lock_key_idx ON importer.table_locks (lock_key);
 CREATE TABLE IF NOT EXISTS importer.chunks (
     run_id       bigint NOT NULL,
     first_row    bigint NOT NULL,
@@ -69,36 +89,37 @@ COMMENT ON TABLE importer.chunks IS
     'importer chunk ledger: one row per committed unit of a run, written in the same transaction as its rows';
 COMMENT ON COLUMN importer.chunks.first_row IS
     '1-based sheet row number of the unit''s first row; rows between first_row and last_row that are not in the unit were rejected';
-CREATE OR REPLACE FUNCTION importer.check_fence(p_run_id bigint)
+DROP FUNCTION IF EXISTS importer.record_chunk(bigint, bigint, bigint, bigint);
+DROP FUNCTION IF EXISTS importer.check_fence(bigint);
+CREATE OR REPLACE FUNCTION importer.check_fence(
+    p_run_id bigint, p_lock_token bigint, p_lock_key bigint, p_lock_pid integer,
+    p_lock_backend_start bigint)
 RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    run importer.runs%ROWTYPE;
-    current_token bigint;
 BEGIN
-    SELECT * INTO run FROM importer.runs WHERE id = p_run_id;
-    IF run.lock_token IS NOT NULL THEN
-        SELECT token INTO current_token FROM importer.table_locks
-         WHERE table_schema = run.table_schema AND table_name = run.table_name
-           FOR SHARE;
-        IF current_token IS DISTINCT FROM run.lock_token OR NOT EXISTS (
-            SELECT 1 FROM pg_locks
-             WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND pid = run.lock_pid
-               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-               AND classid::bigint = (run.lock_key >> 32) & 4294967295
-               AND objid::bigint = run.lock_key & 4294967295)
-        THEN
-            RAISE EXCEPTION 'run % no longer holds the run lock of table %.% (its lock connection was closed or terminated, or another run took the table); it stopped before committing more rows',
-                p_run_id, run.table_schema, run.table_name
-                USING ERRCODE = 'IMP01';
-        END IF;
+    -- the fence key, shared until the commit: a new holder's bump waits for this transaction
+    PERFORM pg_advisory_xact_lock_shared((p_lock_key >> 32)::integer, (p_lock_key << 32 >> 32)::integer);
+    -- a statement of its own, so its snapshot is taken after the fence key: it sees any bump
+    IF NOT EXISTS (
+        SELECT 1 FROM importer.table_locks WHERE lock_key = p_lock_key AND token = p_lock_token)
+       -- the lock backend, by pid and start (a new backend may reuse the pid), is still there
+       OR NOT EXISTS (
+        SELECT 1 FROM pg_stat_get_activity(p_lock_pid) a
+         WHERE (extract(epoch FROM a.backend_start) * 1000000)::bigint = p_lock_backend_start)
+    THEN
+        -- the run's row is read only here, on the way out
+        RAISE EXCEPTION 'run % no longer holds the run lock of table % (its lock connection was closed or terminated, or another run took the table); it stopped before committing more rows',
+            p_run_id,
+            (SELECT format('%s.%s', table_schema, table_name) FROM importer.runs WHERE id = p_run_id)
+            USING ERRCODE = 'IMP01';
     END IF;
 END
 $$;
 CREATE OR REPLACE FUNCTION importer.record_chunk(
-    p_run_id bigint, p_first_row bigint, p_last_row bigint, p_row_count bigint)
+    p_run_id bigint, p_first_row bigint, p_last_row bigint, p_row_count bigint,
+    p_lock_token bigint, p_lock_key bigint, p_lock_pid integer, p_lock_backend_start bigint)
 RETURNS bigint LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM importer.check_fence(p_run_id);
+    PERFORM importer.check_fence(p_run_id, p_lock_token, p_lock_key, p_lock_pid, p_lock_backend_start);
     INSERT INTO importer.chunks (run_id, first_row, last_row, row_count)
     VALUES (p_run_id, p_first_row, p_last_row, p_row_count);
     RETURN p_row_count;
@@ -110,24 +131,45 @@ $$;
 /// of row errors, so the writers stop instead of rejecting rows).
 pub const FENCED: &str = "IMP01";
 
-/// Fails (SQLSTATE [`FENCED`]) unless run `run_id` still holds its table's lock; called
-/// inside a transaction that writes the target, it holds a new holder off until the commit.
+/// A run's hold on its table as its writers prove it at each commit (see
+/// [`take_fence`]): its fencing token, and the key and backend of its table lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    /// The table's token when the run took it.
+    pub token: i64,
+    /// The advisory key of the table's run lock.
+    pub lock_key: i64,
+    /// The pid of the backend holding that lock.
+    pub lock_pid: i32,
+    /// That backend's start, in microseconds since the Unix epoch: with the pid, names it.
+    pub lock_backend_start: i64,
+}
+
+/// Fails (SQLSTATE [`FENCED`]) unless run `run_id` still holds its table's lock (`fence`);
+/// called inside a transaction that writes the target, it holds a new holder off until the
+/// commit.
 pub async fn check_fence(
     connection: &mut PgConnection,
     ledger: &Ledger,
     run_id: i64,
+    fence: Fence,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(&ledger.qualify("SELECT importer.check_fence($1)"))
+    sqlx::query(&ledger.qualify("SELECT importer.check_fence($1, $2, $3, $4, $5)"))
         .bind(run_id)
+        .bind(fence.token)
+        .bind(fence.lock_key)
+        .bind(fence.lock_pid)
+        .bind(fence.lock_backend_start)
         .execute(connection)
         .await?;
     Ok(())
 }
 
 /// Takes the fence of `table` for run `run_id`, whose lock is held by the backend
-/// `lock_pid` with advisory key `lock_key`: bumps the table's token (waiting for writes of an
-/// earlier holder still in flight) and keeps it, with the lock backend, in the run's row.
-/// Called after the advisory lock is taken and before anything is written.
+/// `lock_pid` with advisory key `lock_key`: takes the table's fence key exclusive (waiting
+/// for writes of an earlier holder still in flight), bumps the table's token and keeps it,
+/// with the lock backend, in the run's row. Called after the advisory lock is taken and
+/// before anything is written; returns what the run's writers check.
 pub async fn take_fence(
     pool: &PgPool,
     ledger: &Ledger,
@@ -135,27 +177,48 @@ pub async fn take_fence(
     table: &TableName,
     lock_key: i64,
     lock_pid: i32,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Fence> {
+    let cannot_take = || format!("cannot take the fencing token of table {table}");
     let schema = table.schema.as_deref().unwrap_or_default();
-    sqlx::query(&ledger.qualify(
+    let mut transaction = pool.begin().await.with_context(cannot_take)?;
+    // the writers' fence key (see CREATE_CHUNK_LEDGER), released by the commit
+    sqlx::query("SELECT pg_advisory_xact_lock(($1::bigint >> 32)::integer, ($1::bigint << 32 >> 32)::integer)")
+        .bind(lock_key)
+        .execute(&mut *transaction)
+        .await
+        .with_context(cannot_take)?;
+    let (token, lock_backend_start): (i64, i64) = sqlx::query_as(&ledger.qualify(
         "WITH bumped AS (
-             INSERT INTO importer.table_locks (table_schema, table_name, token) VALUES ($2, $3, 1)
-             ON CONFLICT (table_schema, table_name) DO UPDATE SET token = importer.table_locks.token + 1
-             RETURNING token)
-         UPDATE importer.runs
-            SET lock_token = (SELECT token FROM bumped), lock_key = $4, lock_pid = $5,
-                lock_backend_start = (SELECT backend_start FROM pg_stat_activity WHERE pid = $5)
-          WHERE id = $1",
+             INSERT INTO importer.table_locks AS l (table_schema, table_name, token, lock_key)
+             VALUES ($2, $3, 1, $4)
+             ON CONFLICT (table_schema, table_name)
+             DO UPDATE SET token = l.token + 1, lock_key = excluded.lock_key
+             RETURNING token),
+         backend AS (SELECT backend_start FROM pg_stat_activity WHERE pid = $5),
+         recorded AS (
+             UPDATE importer.runs
+                SET lock_token = (SELECT token FROM bumped), lock_key = $4, lock_pid = $5,
+                    lock_backend_start = (SELECT backend_start FROM backend)
+              WHERE id = $1)
+         SELECT token,
+                coalesce((SELECT (extract(epoch FROM backend_start) * 1000000)::bigint FROM backend), 0)
+           FROM bumped",
     ))
     .bind(run_id)
     .bind(schema)
     .bind(&table.name)
     .bind(lock_key)
     .bind(lock_pid)
-    .execute(pool)
+    .fetch_one(&mut *transaction)
     .await
-    .with_context(|| format!("cannot take the fencing token of table {table}"))?;
-    Ok(())
+    .with_context(cannot_take)?;
+    transaction.commit().await.with_context(cannot_take)?;
+    Ok(Fence {
+        token,
+        lock_key,
+        lock_pid,
+        lock_backend_start,
+    })
 }
 
 /// Keeps the staging table `staging` (just created) in the run's row, so that a later run
@@ -345,6 +408,8 @@ pub struct ChunkLedger {
     pub run_id: i64,
     /// The ledger (its schema) the run's chunks are recorded in.
     pub ledger: Ledger,
+    /// The run's hold on its table, checked at each commit.
+    pub fence: Fence,
     /// `--connect-timeout`: how long the end of a run keeps trying to reach the server to
     /// count what is durable.
     pub connect_timeout: Duration,
@@ -357,6 +422,8 @@ pub struct ChunkMark {
     pub ledger: Ledger,
     /// The run's id.
     pub run_id: i64,
+    /// The run's hold on its table.
+    pub fence: Fence,
     /// Sheet row number of the first row written.
     pub first_row: i64,
     /// Sheet row number of the last row written.
@@ -371,6 +438,7 @@ impl ChunkMark {
         ChunkMark {
             ledger: chunk_ledger.ledger.clone(),
             run_id: chunk_ledger.run_id,
+            fence: chunk_ledger.fence,
             first_row: row_number(rows.first()),
             last_row: row_number(rows.last()),
         }
@@ -380,8 +448,14 @@ impl ChunkMark {
     /// simple-query message that also carries the COMMIT (one round trip). Only integers of
     /// ours are formatted into it, never a value from the file.
     pub fn record_sql(&self, row_count: u64) -> String {
+        let Fence {
+            token,
+            lock_key,
+            lock_pid,
+            lock_backend_start,
+        } = self.fence;
         self.ledger.qualify(&format!(
-            "SELECT importer.record_chunk({}, {}, {}, {row_count})",
+            "SELECT importer.record_chunk({}, {}, {}, {row_count}, {token}, {lock_key}, {lock_pid}, {lock_backend_start})",
             self.run_id, self.first_row, self.last_row
         ))
     }

@@ -91,12 +91,16 @@ impl CopyStatement {
         if let Some(mark) = mark {
             let record = mark
                 .ledger
-                .qualify("SELECT importer.record_chunk($1, $2, $3, $4)");
+                .qualify("SELECT importer.record_chunk($1, $2, $3, $4, $5, $6, $7, $8)");
             sqlx::query(&record)
                 .bind(mark.run_id)
                 .bind(mark.first_row)
                 .bind(mark.last_row)
                 .bind(i64::try_from(written).unwrap_or(i64::MAX))
+                .bind(mark.fence.token)
+                .bind(mark.fence.lock_key)
+                .bind(mark.fence.lock_pid)
+                .bind(mark.fence.lock_backend_start)
                 .execute(&mut *transaction)
                 .await?;
         }

@@ -73,6 +73,10 @@ impl InsertStatement {
                     .bind(mark.run_id)
                     .bind(mark.first_row)
                     .bind(mark.last_row)
+                    .bind(mark.fence.token)
+                    .bind(mark.fence.lock_key)
+                    .bind(mark.fence.lock_pid)
+                    .bind(mark.fence.lock_backend_start)
                     .fetch_one(connection)
                     .await?,
             ),
@@ -106,6 +110,10 @@ impl InsertStatement {
                     .bind(mark.run_id)
                     .bind(mark.first_row)
                     .bind(mark.last_row)
+                    .bind(mark.fence.token)
+                    .bind(mark.fence.lock_key)
+                    .bind(mark.fence.lock_pid)
+                    .bind(mark.fence.lock_backend_start)
                     .fetch_one(connection)
                     .await?,
             ),
@@ -122,15 +130,19 @@ fn recorded_count(row: sqlx::postgres::PgRow) -> Result<u64, sqlx::Error> {
 /// `insert` (which binds `column_count` parameters) wrapped so that the same statement
 /// records it in the chunk ledger of `mark`, so data and ledger row commit together in one
 /// statement (one round trip): `WITH written AS (insert RETURNING 1) SELECT
-/// importer.record_chunk(run, first, last, count)`.
+/// importer.record_chunk(run, first, last, count, fence...)`.
 fn recorded(insert: &str, column_count: usize, mark: &ChunkMark) -> String {
     let run = column_count + 1;
     // only the function's name is qualified: `insert` holds names from files and flags
     let record_chunk = mark.ledger.qualify("importer.record_chunk");
     format!(
-        "WITH written AS ({insert} RETURNING 1) SELECT {record_chunk}(${run}::bigint, ${}::bigint, ${}::bigint, (SELECT count(*) FROM written))",
+        "WITH written AS ({insert} RETURNING 1) SELECT {record_chunk}(${run}::bigint, ${}::bigint, ${}::bigint, (SELECT count(*) FROM written), ${}::bigint, ${}::bigint, ${}::integer, ${}::bigint)",
         run + 1,
-        run + 2
+        run + 2,
+        run + 3,
+        run + 4,
+        run + 5,
+        run + 6
     )
 }
 

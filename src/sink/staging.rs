@@ -609,7 +609,7 @@ async fn check_fence(
     let Some(fence) = fence else {
         return Ok(());
     };
-    chunks::check_fence(connection, &fence.ledger, fence.run_id)
+    chunks::check_fence(connection, &fence.ledger, fence.run_id, fence.fence)
         .await
         .with_context(|| format!("cannot publish the staged rows into table {target}"))
 }

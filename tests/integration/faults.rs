@@ -412,7 +412,7 @@ fn wait_on_db(db: &TestDb, sql: &str, least: i64) {
     let started = Instant::now();
     loop {
         let ledger_ready = db.scalar(
-            "SELECT (to_regprocedure('importer.record_chunk(bigint,bigint,bigint,bigint)') IS NOT NULL)::text",
+            "SELECT (to_regprocedure('importer.record_chunk(bigint,bigint,bigint,bigint,bigint,bigint,integer,bigint)') IS NOT NULL)::text",
         );
         let value = match ledger_ready.as_deref() {
             Some("true") => db.scalar(&format!("SELECT ({sql})::text")),
@@ -640,6 +640,15 @@ fn a_staged_run_that_lost_its_lock_never_publishes() {
         let fence = chunks::ChunkLedger {
             run_id,
             ledger,
+            fence: chunks::Fence {
+                token: 1,
+                lock_key: 42,
+                lock_pid: sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap(),
+                lock_backend_start: 0,
+            },
             connect_timeout: Duration::from_secs(5),
         };
         staging::publish(&pool, &staged, &target, &columns, None, Some(&fence))
