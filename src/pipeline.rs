@@ -156,8 +156,8 @@ fn last_rows_by_key(job: &ImportJob) -> anyhow::Result<HashMap<Vec<String>, u32>
     Ok(last_rows)
 }
 
-/// Upsert: the rejection of a row that a later row with the same key supersedes (contract
-/// of issue 4: of two rows with one key, the later wins).
+/// Upsert: the rejection of a row that a later row with the same key supersedes (of two
+/// rows with one key, the later wins, as README's upsert mode says).
 fn superseded_by(
     job: &ImportJob,
     last_rows: &HashMap<Vec<String>, u32>,

@@ -1,4 +1,4 @@
-//! The overlap guard (issue 4): one PostgreSQL advisory lock per target table, held on a
+//! The overlap guard: one PostgreSQL advisory lock per target table, held on a
 //! connection of its own for the whole run, so that two runs never load the same table at
 //! once (cron firing while last night's load still runs, say).
 //!
