@@ -66,21 +66,7 @@ impl InsertStatement {
         for value in &row.values {
             query = query.bind(value.as_deref());
         }
-        match mark {
-            None => Ok(query.execute(connection).await?.rows_affected()),
-            Some(mark) => recorded_count(
-                query
-                    .bind(mark.run_id)
-                    .bind(mark.first_row)
-                    .bind(mark.last_row)
-                    .bind(mark.fence.token)
-                    .bind(mark.fence.lock_key)
-                    .bind(mark.fence.lock_pid)
-                    .bind(mark.fence.lock_backend_start)
-                    .fetch_one(connection)
-                    .await?,
-            ),
-        }
+        run_counted(query, mark, connection).await
     }
 
     /// Inserts all `rows` with one `INSERT ... SELECT FROM UNNEST(...)`; with `mark`,
@@ -103,21 +89,31 @@ impl InsertStatement {
                 .collect();
             query = query.bind(column);
         }
-        match mark {
-            None => Ok(query.execute(connection).await?.rows_affected()),
-            Some(mark) => recorded_count(
-                query
-                    .bind(mark.run_id)
-                    .bind(mark.first_row)
-                    .bind(mark.last_row)
-                    .bind(mark.fence.token)
-                    .bind(mark.fence.lock_key)
-                    .bind(mark.fence.lock_pid)
-                    .bind(mark.fence.lock_backend_start)
-                    .fetch_one(connection)
-                    .await?,
-            ),
-        }
+        run_counted(query, mark, connection).await
+    }
+}
+
+/// Runs an INSERT whose values are bound and returns the rows it wrote; with `mark`, the
+/// statement is the [`recorded`] form, whose chunk-ledger arguments are bound here.
+async fn run_counted(
+    query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    mark: Option<&ChunkMark>,
+    connection: &mut PgConnection,
+) -> Result<u64, sqlx::Error> {
+    match mark {
+        None => Ok(query.execute(connection).await?.rows_affected()),
+        Some(mark) => recorded_count(
+            query
+                .bind(mark.run_id)
+                .bind(mark.first_row)
+                .bind(mark.last_row)
+                .bind(mark.fence.token)
+                .bind(mark.fence.lock_key)
+                .bind(mark.fence.lock_pid)
+                .bind(mark.fence.lock_backend_start)
+                .fetch_one(connection)
+                .await?,
+        ),
     }
 }
 
