@@ -74,8 +74,10 @@ fn read_line_until(
             if let Some(found) = line.split_once(marker).map(|(_, rest)| rest) {
                 let word: String = found
                     .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != '"' && *c != '.')
+                    .take_while(|c| !c.is_whitespace() && *c != '"')
                     .collect();
+                // "... on port 42303." ends its sentence
+                let word = word.trim_end_matches('.').to_string();
                 if let Some(sender) = sender.take() {
                     sender.send(Ok(word)).ok();
                 }
@@ -266,7 +268,7 @@ async fn stats_table(client: &Client) -> serde_json::Map<String, serde_json::Val
         .execute(
             "const out = {}; \
              for (const row of document.querySelectorAll('#stats tbody tr')) \
-               out[row.dataset.field] = row.cells[0].textContent; \
+               out[row.dataset.field] = row.querySelector('td').textContent; \
              return out;",
             vec![],
         )
