@@ -7,6 +7,7 @@ pub mod manual;
 pub mod mode;
 pub mod record;
 pub mod run;
+pub mod serve;
 
 /// How a command ended, for the exit code (mapped in `main`, the one place exit codes live).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
