@@ -40,7 +40,7 @@ use calamine::{
     CellErrorType, Data, DataRef, ExcelDateTime, Range, Reader, Sheets, open_workbook_auto,
 };
 
-use crate::cli::XlsxReader;
+pub use crate::cli::XlsxReader;
 use crate::convert::{Rejection, cell_text};
 use crate::message::{quoted, shown_path};
 
