@@ -33,10 +33,8 @@ fn config_of(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
         ),
         (patterns, _) => patterns.to_vec(),
     };
-    let mut defaults = ImportOptions::new(
-        std::path::PathBuf::new(),
-        args.database_url.clone().unwrap_or_default(),
-    );
+    let mut defaults = ImportOptions::new(std::path::PathBuf::new(), String::new());
+    defaults.database_url = args.database_url.clone();
     defaults.table = args.table.clone();
     defaults.method = args.method.into();
     defaults.mode = args.mode.into();

@@ -133,7 +133,7 @@ pub(crate) struct RejectView {
 impl From<&RejectedRow> for RejectView {
     fn from(row: &RejectedRow) -> Self {
         RejectView {
-            row_number: row.row_number,
+            row_number: u64::from(row.row_number),
             column: row.column.clone(),
             reason: row.reason.clone(),
         }
@@ -213,9 +213,10 @@ impl Imports {
         options.display_name = Some(upload.display_name.clone());
         options.rejects = Some(rejects_partial.clone());
         let control = ImportControl {
-            cancel: self.cancel.child_token(),
             progress: Some(progress),
+            ..ImportControl::new()
         };
+        let shutdown = self.cancel.clone();
         let live = Arc::clone(&self.live);
         let metrics = Arc::clone(&self.metrics);
         let uploads = self.uploads.clone();
@@ -224,7 +225,7 @@ impl Imports {
         info!(file = %upload.display_name, bytes = upload.bytes, table = %entry.table, method = %entry.method, "import of an upload started");
         self.tracker.spawn(async move {
             let started = Instant::now();
-            let result = import::run(options, control).await;
+            let result = run_on_own_thread(options, control, shutdown).await;
             // the upload is deleted here, before anything else can fail
             drop(upload);
             let run_id = match &result {
@@ -316,6 +317,46 @@ impl Imports {
     pub fn running_count(&self) -> usize {
         self.max_concurrent - self.permits.available_permits()
     }
+}
+
+/// Runs [`run_until_shutdown`] on a blocking-pool thread of its own, driven by the service's
+/// runtime: the import's future is not `Send` as the compiler proves it (a higher-ranked
+/// lifetime limitation), so it cannot be a task of its own on the runtime's workers.
+async fn run_on_own_thread(
+    options: ImportOptions,
+    control: ImportControl,
+    shutdown: CancellationToken,
+) -> Result<ImportReport, ImportFailure> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        runtime.block_on(run_until_shutdown(options, control, shutdown))
+    })
+    .await
+    .unwrap_or_else(|panic| {
+        Err(ImportFailure {
+            kind: crate::import::FailureKind::Internal,
+            error: anyhow::anyhow!("the import panicked: {panic}"),
+            stats: None,
+            run_id: None,
+        })
+    })
+}
+
+/// Runs one import; when the shutdown grace is over, cancels it naming the shutdown (the
+/// ledger then says `stopped by the service's shutdown`).
+async fn run_until_shutdown(
+    options: ImportOptions,
+    control: ImportControl,
+    shutdown: CancellationToken,
+) -> Result<ImportReport, ImportFailure> {
+    let handle = control.clone();
+    let running = import::run(options, control);
+    tokio::pin!(running);
+    tokio::select! {
+        result = &mut running => return result,
+        () = shutdown.cancelled() => handle.cancel_because("the service's shutdown"),
+    }
+    running.await
 }
 
 /// The progress sink of one import: registers it under its run id once the ledger has it.

@@ -39,7 +39,7 @@ use crate::import::ImportOptions;
 use crate::sink::ledger::Ledger;
 
 /// Everything the service is started with: plain data (`cmd::serve` builds it from flags).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeConfig {
     /// Where to listen (port 0: any free port, logged).
     pub listen: SocketAddr,
@@ -104,7 +104,7 @@ pub async fn run(
         .with_context(|| format!("cannot create the uploads directory {}", config.uploads.display()))?;
     remove_leftover_uploads(&config.uploads);
     imports::prune_rejects(&config.uploads, config.retention);
-    let pool = service_pool(&config.defaults.database_url)?;
+    let pool = service_pool(config.defaults.database_url.as_deref())?;
     let metrics = Arc::new(metrics::Metrics::new());
     let cancel_imports = CancellationToken::new();
     let state = Arc::new(AppState {
@@ -176,9 +176,8 @@ pub async fn run(
 
 /// A small pool of the service's own, for `/ready` and ledger reads; lazy, so that the
 /// service starts (and `/ready` says 503) while the database is down.
-fn service_pool(database_url: &str) -> anyhow::Result<PgPool> {
-    let given = (!database_url.is_empty()).then_some(database_url);
-    let target = crate::sink::conninfo::resolve(given)?;
+fn service_pool(database_url: Option<&str>) -> anyhow::Result<PgPool> {
+    let target = crate::sink::conninfo::resolve(database_url)?;
     let options = target.options.application_name("importer serve");
     Ok(sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
