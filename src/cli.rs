@@ -43,6 +43,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// List past runs from the run ledger (importer.runs, or --ledger-schema's runs)
     History(HistoryArgs),
+    /// Serve uploads over HTTP: POST a spreadsheet, get the stats (see README's "Upload service")
+    Serve(ServeArgs),
     /// Print a shell completion script on stdout (e.g. importer completions bash > /etc/bash_completion.d/importer)
     Completions(CompletionsArgs),
     /// Print the manual page (roff) on stdout (e.g. importer man | man -l -)
@@ -361,6 +363,100 @@ pub struct HistoryArgs {
     pub ledger: LedgerArgs,
 }
 
+/// `importer serve`: where it listens, its limits, and the run options every upload starts
+/// from (a request's query may override the method, table, sheet, mode, key and atomic).
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free one (logged as `listening on http://ADDR`).
+    /// Beyond loopback a token is required (IMPORTER_TOKEN or --token-file)
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+
+    /// Directory for the uploads being imported and the rejects files kept for download
+    #[arg(long, default_value = "uploads", value_name = "DIR")]
+    pub uploads: PathBuf,
+
+    /// Largest upload accepted, in MiB (larger ones are cut off with 413 while streaming)
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub max_upload_mb: u64,
+
+    /// Imports running at once; further uploads get 429 until one finishes
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_concurrent_imports: u32,
+
+    /// Tables a request may name (`*` matches any run of characters, e.g. `staging.*`);
+    /// repeatable; default: only --table
+    #[arg(long = "allow-table", value_name = "PATTERN")]
+    pub allow_tables: Vec<String>,
+
+    /// On SIGTERM or Ctrl-C, let running imports finish for this long, then cancel them
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub shutdown_grace: u64,
+
+    /// Read the bearer token from this file (first line) instead of env IMPORTER_TOKEN
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// Longest a request may take, upload and import included, before it gets 408
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout: u64,
+
+    /// Rejects files kept for GET /imports/{id}/rejects.csv: the newest N
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub keep_rejects: usize,
+
+    /// ... and none older than this many hours
+    #[arg(long, default_value_t = 24, value_name = "HOURS")]
+    pub keep_rejects_hours: u64,
+
+    /// Default method of an upload (?method= overrides it)
+    #[arg(short, long, value_enum, default_value_t = Method::Batch)]
+    pub method: Method,
+
+    /// Default target table (?table= overrides it, within --allow-table)
+    #[arg(short, long)]
+    pub table: Option<String>,
+
+    /// Default mode (?mode= overrides it)
+    #[arg(long, value_enum, default_value_t = Mode::Append)]
+    pub mode: Mode,
+
+    /// Worker connections per import (concurrent, batch, copy); default: the available cores
+    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
+
+    /// Rows per INSERT (batch) or per COPY chunk (copy)
+    #[arg(short, long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+
+    /// 1-based row that holds the column names (?header_row= overrides it)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub header_row: u32,
+
+    /// Stop an import once more than N rows have been rejected
+    #[arg(long)]
+    pub max_errors: Option<u64>,
+
+    /// Fail an upload whose table does not exist (default: create it from the sheet)
+    #[arg(long)]
+    pub no_create: bool,
+
+    /// PostgreSQL URL or libpq keyword string; else env DATABASE_URL, else the docker-compose.yml server
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Keep retrying a failed first connection, with backoff, for this many seconds
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub connect_timeout: u64,
+
+    /// Reader of .xlsx/.xlsm files: fast (our own) or calamine
+    #[arg(long, value_enum, default_value_t = XlsxReader::Fast)]
+    pub xlsx_reader: XlsxReader,
+
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+}
+
 /// How `importer bench` prints its comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchFormat {
@@ -538,6 +634,7 @@ impl Cli {
             Command::Bench(args) => &args.import,
             Command::Generate(_)
             | Command::History(_)
+            | Command::Serve(_)
             | Command::Completions(_)
             | Command::Man
             | Command::ReadCells(_) => {

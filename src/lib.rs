@@ -9,12 +9,14 @@
 pub mod cli;
 pub mod cmd;
 pub mod convert;
+pub mod import;
 pub mod job;
 pub mod message;
 pub mod pipeline;
 pub mod progress;
 pub mod rejects;
 pub mod schema;
+pub mod serve;
 pub mod sink;
 pub mod source;
 pub mod stats;

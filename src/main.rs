@@ -56,6 +56,7 @@ fn main() -> ExitCode {
                 Command::Bench(args) => cmd::bench::run(args).await,
                 Command::Generate(args) => cmd::generate::run(&args),
                 Command::History(args) => cmd::history::run(args).await,
+                Command::Serve(args) => cmd::serve::run(args).await,
                 Command::Completions(args) => cmd::manual::completions(args.shell),
                 Command::Man => cmd::manual::man_page(),
                 Command::ReadCells(_) => {

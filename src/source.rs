@@ -40,11 +40,12 @@ use calamine::{
     CellErrorType, Data, DataRef, ExcelDateTime, Range, Reader, Sheets, open_workbook_auto,
 };
 
-use crate::cli::XlsxReader;
+pub use crate::cli::XlsxReader;
 use crate::convert::{Rejection, cell_text};
 use crate::message::{quoted, shown_path};
 
 pub use isolated::serve_cells;
+pub use sniff::{UPLOAD_HEAD_BYTES, upload_format};
 
 /// Widest sheet a row is assembled for: Excel's own limit (XFD), so a stray cell far right
 /// cannot make a row allocate without bound.

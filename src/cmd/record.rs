@@ -55,6 +55,12 @@ pub struct RunRecord {
     rows_outcome: Option<Outcome>,
     /// Resuming: the rows earlier runs of the same content put in the table.
     already_in: Option<Arc<CommittedRows>>,
+    /// Whether reports go to stdout (the CLI) or only into the result (the library).
+    pub(crate) prints: bool,
+    /// `--skip-unchanged` found the content loaded before.
+    pub(crate) skipped: Option<crate::import::SkippedRun>,
+    /// The ledger id of the skipped run.
+    skipped_run_id: Option<i64>,
 }
 
 /// What `--skip-unchanged` prints, on stdout and in `--summary`, instead of the stats.
@@ -83,6 +89,9 @@ impl RunRecord {
             stats: None,
             rows_outcome: None,
             already_in: None,
+            prints: true,
+            skipped: None,
+            skipped_run_id: None,
         }
     }
 
@@ -204,7 +213,15 @@ impl RunRecord {
                 ),
                 OutputFormat::Json => json.clone(),
             };
-            print_report(&text);
+            if self.prints {
+                print_report(&text);
+            }
+            self.skipped = Some(crate::import::SkippedRun {
+                sha256: file.sha256.clone(),
+                previous_run_id: previous.run_id,
+                previous_finished_at: previous.finished_at.to_string(),
+            });
+            self.skipped_run_id = Some(run_id);
             self.write_summary(json).await?;
             return Ok(Some(Outcome::AllIn));
         }
@@ -322,6 +339,19 @@ impl RunRecord {
     /// Keeps how the run's rows ended (committed: all in, some rejected, or stopped by a
     /// signal) for a run that then fails on an output file: the ledger records that outcome
     /// beside the error, since the rows are in the table whatever the exit code says.
+    /// The run's ledger id, once recorded.
+    pub fn run_id(&self) -> Option<i64> {
+        self.entry
+            .as_ref()
+            .map(|(_, run_id)| *run_id)
+            .or(self.skipped_run_id)
+    }
+
+    /// The stats kept so far.
+    pub fn stats(&self) -> Option<&ImportStats> {
+        self.stats.as_ref()
+    }
+
     pub fn keep_rows_outcome(&mut self, outcome: Outcome) {
         self.rows_outcome = Some(outcome);
     }

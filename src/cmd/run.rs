@@ -65,6 +65,116 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     record.finish(result).await
 }
 
+/// [`crate::import::run`] for now: the options as flags, the token as the signal listener.
+pub(crate) async fn run_library(
+    options: crate::import::ImportOptions,
+    control: crate::import::ImportControl,
+) -> Result<crate::import::ImportReport, crate::import::ImportFailure> {
+    use crate::cli::{CsvArgs, InputFormat, LedgerArgs, OutputFormat};
+    use crate::import::{FailureKind, ImportFailure, ImportOutcome, ImportReport};
+    let args = RunArgs {
+        method: options.method,
+        import: ImportArgs {
+            file: options.file.clone(),
+            table: options.table.clone(),
+            sheet: options.sheet.clone(),
+            header_row: options.header_row,
+            workers: options.workers,
+            batch_size: options.batch_size,
+            database_url: options.database_url.clone(),
+            no_create: !options.create_table,
+            connect_timeout: options.connect_timeout.as_secs(),
+            csv: CsvArgs {
+                input_format: options.csv.forced.then_some(InputFormat::Csv),
+                delimiter: options.csv.delimiter,
+                quote: Some(options.csv.quote),
+                encoding: options.csv.encoding,
+                null_string: options.csv.null_string.clone(),
+            },
+            xlsx_reader: options.xlsx_reader,
+        },
+        max_errors: options.max_errors,
+        rejects: options.rejects.clone(),
+        format: OutputFormat::Json,
+        dry_run: options.dry_run,
+        mode: options.mode,
+        key: options.key.clone(),
+        atomic: options.atomic,
+        skip_unchanged: options.skip_unchanged,
+        resume: options.resume,
+        wait_lock: options.wait_lock.map(|wait| wait.as_secs()),
+        swap_timeout: options.swap_timeout.as_secs(),
+        summary: options.summary.clone(),
+        ledger: LedgerArgs {
+            ledger_schema: options
+                .ledger_schema
+                .clone()
+                .unwrap_or_else(|| crate::import::DEFAULT_LEDGER_SCHEMA.to_string()),
+        },
+        no_ledger: options.ledger_schema.is_none(),
+    };
+    let failure = |error: anyhow::Error, stats, run_id| {
+        let database = error
+            .chain()
+            .any(|cause| cause.downcast_ref::<sqlx::Error>().is_some());
+        let text = format!("{error:#}");
+        let kind = if text.contains("is being loaded by another run") {
+            FailureKind::Locked
+        } else if database {
+            FailureKind::Database
+        } else {
+            FailureKind::Input
+        };
+        ImportFailure {
+            kind,
+            error,
+            stats,
+            run_id,
+        }
+    };
+    let mut signals = SignalListener::from_token(control.cancel.clone());
+    let started = Instant::now();
+    if let Err(error) = record::check_outputs(&args).and_then(|()| mode::check_key(&args.key)) {
+        return Err(failure(error, None, None));
+    }
+    let mut record = RunRecord::new(&args);
+    record.prints = false;
+    let result = import(&args, &mut record, &mut signals, started).await;
+    let mut stats = record.stats().cloned();
+    if let (Some(stats), Some(name)) = (stats.as_mut(), &options.display_name) {
+        stats.file = name.clone();
+    }
+    let run_id = record.run_id();
+    let skipped = record.skipped.clone();
+    match record.finish(result).await {
+        Ok(outcome) => {
+            let outcome = match (outcome, &skipped) {
+                (_, Some(_)) => ImportOutcome::Skipped,
+                (Outcome::AllIn, None) => ImportOutcome::AllIn,
+                (Outcome::SomeRejected, None) => ImportOutcome::SomeRejected,
+                (Outcome::Interrupted(_), None) => ImportOutcome::Cancelled,
+            };
+            let stats = match stats {
+                Some(stats) => stats,
+                None => {
+                    let shape = RunShape::planned(&args);
+                    ImportStats::new(&shape, Tally::default(), started.elapsed(), true)
+                        .map_err(|error| failure(error, None, run_id))?
+                }
+            };
+            Ok(ImportReport {
+                rejected_total: stats.error_count,
+                stats,
+                outcome,
+                run_id,
+                rejections: Vec::new(),
+                skipped,
+            })
+        }
+        Err(error) => Err(failure(error, stats, run_id)),
+    }
+}
+
 /// Runs `phase` unless a signal comes first, in which case `phase` is dropped where it
 /// stands: only phases that read, connect or wait (and create nothing) are run this way.
 pub(crate) async fn unless_signalled<T>(
@@ -224,7 +334,9 @@ async fn import(
     let rows_outcome = outcome_of(report.error.is_some(), signal.is_some(), complete, &stats);
     // the ledger before stdout: a run killed while printing its stats has recorded them
     let summary_written = record.keep_stats(&stats, rows_outcome).await;
-    stats.print(args.format)?;
+    if record.prints {
+        stats.print(args.format)?;
+    }
     info!(
         table = %table_name,
         total_records = stats.total_records,
@@ -293,7 +405,9 @@ async fn stopped_before_import(
         stats = stats.into_dry_run(None);
     }
     let summary_written = record.keep_stats(&stats, RunOutcome::Cancelled).await;
-    stats.print(args.format)?;
+    if record.prints {
+        stats.print(args.format)?;
+    }
     if let Err(error) = summary_written {
         record.keep_rows_outcome(Outcome::Interrupted(signal));
         return Err(error.context(format!(

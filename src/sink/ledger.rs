@@ -368,6 +368,13 @@ pub struct RunEntry {
     pub previous_run_id: Option<i64>,
 }
 
+/// The columns of a [`RunEntry`], as [`run_entry`] reads them.
+const RUN_ENTRY_COLUMNS: &str = "id, file_path, file_size, sha256, sheet, table_schema, table_name, method, mode,
+        to_json(started_at) #>> '{}' AS started_at,
+        to_json(finished_at) #>> '{}' AS finished_at,
+        extract(epoch FROM finished_at - started_at)::float8 AS duration_seconds,
+        outcome, error, stats::text AS stats, previous_run_id";
+
 /// The latest `limit` runs, newest first, optionally only those into `table` (schema-
 /// qualified). Without a ledger there are no runs: the ledger is not created here.
 pub async fn list_runs(
@@ -380,11 +387,7 @@ pub async fn list_runs(
         return Ok(Vec::new());
     }
     let sql = format!(
-        "SELECT id, file_path, file_size, sha256, sheet, table_schema, table_name, method, mode,
-                to_json(started_at) #>> '{{}}' AS started_at,
-                to_json(finished_at) #>> '{{}}' AS finished_at,
-                extract(epoch FROM finished_at - started_at)::float8 AS duration_seconds,
-                outcome, error, stats::text AS stats, previous_run_id
+        "SELECT {RUN_ENTRY_COLUMNS}
            FROM {}
           WHERE ($1::text IS NULL OR (table_schema = $1 AND table_name = $2))
           ORDER BY id DESC
@@ -399,33 +402,55 @@ pub async fn list_runs(
         .await
         .with_context(|| format!("cannot read the run ledger {ledger}"))?;
     rows.iter()
-        .map(|row| {
-            let id: i64 = row.try_get("id")?;
-            let stats: Option<String> = row.try_get("stats")?;
-            let stats = stats
-                .map(|text| serde_json::from_str(&text))
-                .transpose()
-                .with_context(|| format!("run {id} of {ledger} holds invalid stats"))?;
-            let table_schema: String = row.try_get("table_schema")?;
-            let table_name: String = row.try_get("table_name")?;
-            Ok(RunEntry {
-                id,
-                file_path: row.try_get("file_path")?,
-                file_size: row.try_get("file_size")?,
-                sha256: row.try_get("sha256")?,
-                sheet: row.try_get("sheet")?,
-                table: format!("{table_schema}.{table_name}"),
-                method: row.try_get("method")?,
-                mode: row.try_get("mode")?,
-                started_at: row.try_get("started_at")?,
-                finished_at: row.try_get("finished_at")?,
-                duration_seconds: row.try_get("duration_seconds")?,
-                outcome: row.try_get("outcome")?,
-                error: row.try_get("error")?,
-                stats,
-                previous_run_id: row.try_get("previous_run_id")?,
-            })
-        })
+        .map(|row| run_entry(row, ledger))
         .collect::<anyhow::Result<Vec<_>>>()
-        .with_context(|| format!("cannot read the run ledger {ledger}"))
+}
+
+/// Run `id`, if the ledger has it (no ledger: no run).
+pub async fn get_run(pool: &PgPool, ledger: &Ledger, id: i64) -> anyhow::Result<Option<RunEntry>> {
+    if !ledger_exists(pool, ledger).await? {
+        return Ok(None);
+    }
+    let sql = format!(
+        "SELECT {RUN_ENTRY_COLUMNS} FROM {} WHERE id = $1",
+        ledger.quoted()
+    );
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .with_context(|| format!("cannot read run {id} of the run ledger {ledger}"))?;
+    row.map(|row| run_entry(&row, ledger)).transpose()
+}
+
+/// One row of [`RUN_ENTRY_COLUMNS`] as a [`RunEntry`].
+fn run_entry(row: &sqlx::postgres::PgRow, ledger: &Ledger) -> anyhow::Result<RunEntry> {
+    let read = || -> anyhow::Result<RunEntry> {
+        let id: i64 = row.try_get("id")?;
+        let stats: Option<String> = row.try_get("stats")?;
+        let stats = stats
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .with_context(|| format!("run {id} of {ledger} holds invalid stats"))?;
+        let table_schema: String = row.try_get("table_schema")?;
+        let table_name: String = row.try_get("table_name")?;
+        Ok(RunEntry {
+            id,
+            file_path: row.try_get("file_path")?,
+            file_size: row.try_get("file_size")?,
+            sha256: row.try_get("sha256")?,
+            sheet: row.try_get("sheet")?,
+            table: format!("{table_schema}.{table_name}"),
+            method: row.try_get("method")?,
+            mode: row.try_get("mode")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+            duration_seconds: row.try_get("duration_seconds")?,
+            outcome: row.try_get("outcome")?,
+            error: row.try_get("error")?,
+            stats,
+            previous_run_id: row.try_get("previous_run_id")?,
+        })
+    };
+    read().with_context(|| format!("cannot read the run ledger {ledger}"))
 }

@@ -69,6 +69,45 @@ pub(super) fn check_workbook(path: &Path, extension: &str) -> anyhow::Result<()>
     }
 }
 
+/// The ODF mimetype entry every .ods archive starts with (stored, uncompressed, first).
+const ODS_MIMETYPE: &[u8] = b"mimetypeapplication/vnd.oasis.opendocument.spreadsheet";
+
+/// What an uploaded file is by its first bytes (up to [`HEAD_BYTES`]), as the extension its
+/// reader expects: `xlsx`, `xlsm`, `xlsb`, `ods`, `xls` or `csv`; `None` when it is no
+/// spreadsheet (HTML, binary, an XML Spreadsheet 2003). `claimed`, the extension of the
+/// client's file name (lowercase), only chooses among the zip-based formats, and lets a
+/// one-column CSV (text without a delimiter) through.
+pub fn upload_format(head: &[u8], claimed: Option<&str>) -> Option<&'static str> {
+    match (sniff(head), claimed) {
+        (Content::Zip, Some("xlsm")) => Some("xlsm"),
+        (Content::Zip, Some("xlsb")) => Some("xlsb"),
+        (Content::Zip, Some("ods")) => Some("ods"),
+        (Content::Zip, _) if head.windows(ODS_MIMETYPE.len()).any(|w| w == ODS_MIMETYPE) => {
+            Some("ods")
+        }
+        (Content::Zip, _) => Some("xlsx"),
+        (Content::Cfb, _) => Some("xls"),
+        (Content::CsvText, _) => Some("csv"),
+        (Content::Unknown, Some("csv")) if is_utf8_text(head) => Some("csv"),
+        _ => None,
+    }
+}
+
+/// Whether `head` is UTF-8 text (a character cut short at its end is allowed).
+fn is_utf8_text(head: &[u8]) -> bool {
+    let valid = match std::str::from_utf8(head) {
+        Ok(_) => true,
+        Err(error) => error.error_len().is_none(),
+    };
+    valid
+        && head
+            .iter()
+            .all(|&byte| byte >= 0x20 || matches!(byte, b'\t' | b'\n' | b'\r'))
+}
+
+/// Bytes an upload's first look needs (see [`upload_format`]).
+pub const UPLOAD_HEAD_BYTES: usize = HEAD_BYTES as usize;
+
 fn sniff(head: &[u8]) -> Content {
     if head.starts_with(ZIP_MAGIC) {
         return Content::Zip;
@@ -125,6 +164,24 @@ fn sniff(head: &[u8]) -> Content {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upload_is_known_by_its_bytes_not_its_name() {
+        let cases: [(&[u8], Option<&str>, Option<&str>); 9] = [
+            (b"PK\x03\x04rest", Some("xlsx"), Some("xlsx")),
+            (b"PK\x03\x04rest", Some("xlsb"), Some("xlsb")),
+            (b"PK\x03\x04rest", None, Some("xlsx")),
+            (b"PK\x03\x04....mimetypeapplication/vnd.oasis.opendocument.spreadsheet", Some("zip"), Some("ods")),
+            (&[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1, 0], Some("xlsx"), Some("xls")),
+            (b"name,city\nAda,London\n", Some("xlsx"), Some("csv")),
+            (b"name\nAda\n", Some("csv"), Some("csv")),
+            (b"<!DOCTYPE html><html>", Some("xlsx"), None),
+            (b"\x7fELF\x02\x01\x01\0", Some("xlsx"), None),
+        ];
+        for (head, claimed, expected) in cases {
+            assert_eq!(upload_format(head, claimed), expected, "{head:?} named {claimed:?}");
+        }
+    }
 
     #[test]
     fn the_first_bytes_tell_the_format() {

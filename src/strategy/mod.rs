@@ -25,7 +25,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 use tracing::{Instrument, info_span, warn};
 
-use crate::cli::Method;
+pub use crate::cli::Method;
 use crate::convert::Rejection;
 use crate::job::ImportJob;
 use crate::pipeline::{self, Chunk, ConvertedRow, TaskOutcome};

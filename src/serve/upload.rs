@@ -1,0 +1,211 @@
+//! Receiving an upload: the multipart field `file` is streamed chunk by chunk into a temporary
+//! file of our own naming in `--uploads` (never into memory, never under the client's name),
+//! counted as it comes so that an upload over the limit is cut off at once (413) and its
+//! partial file removed. The type is then told by the content ([`upload_format`]), and the file
+//! is renamed to the extension its reader expects. The [`Upload`] deletes the file when
+//! dropped, whatever the import's ending.
+
+use std::path::{Path, PathBuf};
+
+use axum::extract::Multipart;
+use axum::extract::multipart::MultipartError;
+use axum::http::StatusCode;
+use tempfile::TempPath;
+use tokio::io::AsyncWriteExt;
+
+use super::error::{ApiError, too_large};
+use crate::source::{UPLOAD_HEAD_BYTES, upload_format};
+
+/// The multipart field that holds the file (as the original tool's curl examples send it).
+pub(crate) const FILE_FIELD: &str = "file";
+
+/// Longest client file name kept for display, in characters.
+const DISPLAY_NAME_CHARS: usize = 120;
+
+/// An uploaded file on disk, deleted when dropped.
+#[derive(Debug)]
+pub(crate) struct Upload {
+    /// The file, named by us, ending in the extension of its sniffed format.
+    pub path: TempPath,
+    /// The client's file name reduced to a harmless display name (no directories, no
+    /// control characters), for the stats' `file`.
+    pub display_name: String,
+    /// Bytes received.
+    pub bytes: u64,
+}
+
+/// Streams the field `file` of `multipart` into a new file in `directory`, refusing more
+/// than `max_bytes` (413) and content that is no spreadsheet (415). Other fields are skipped.
+pub(crate) async fn receive(
+    mut multipart: Multipart,
+    directory: &Path,
+    max_bytes: u64,
+) -> Result<Upload, ApiError> {
+    loop {
+        let field = multipart
+            .next_field()
+            .await
+            .map_err(|error| multipart_error(&error, max_bytes))?;
+        let Some(mut field) = field else {
+            return Err(ApiError::bad_request(format!(
+                "no file in the upload: send it as the multipart field \"{FILE_FIELD}\" (curl -F '{FILE_FIELD}=@data.xlsx')"
+            )));
+        };
+        if field.name() != Some(FILE_FIELD) {
+            continue;
+        }
+        let display_name = display_name(field.file_name());
+        let partial = tempfile::Builder::new()
+            .prefix("upload-")
+            .suffix(".part")
+            .tempfile_in(directory)
+            .map_err(|error| {
+                ApiError::internal(&anyhow::Error::new(error).context(format!(
+                    "cannot create an upload file in {}",
+                    directory.display()
+                )))
+            })?;
+        let (file, partial) = partial.into_parts();
+        let mut file = tokio::fs::File::from_std(file);
+        let mut head: Vec<u8> = Vec::with_capacity(UPLOAD_HEAD_BYTES);
+        let mut bytes: u64 = 0;
+        // `partial` is deleted by its drop on every early return below
+        while let Some(chunk) = field
+            .chunk()
+            .await
+            .map_err(|error| multipart_error(&error, max_bytes))?
+        {
+            bytes += chunk.len() as u64;
+            if bytes > max_bytes {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    too_large(max_bytes),
+                ));
+            }
+            if head.len() < UPLOAD_HEAD_BYTES {
+                let wanted = (UPLOAD_HEAD_BYTES - head.len()).min(chunk.len());
+                head.extend_from_slice(&chunk[..wanted]);
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|error| write_error(error, directory))?;
+        }
+        file.flush()
+            .await
+            .map_err(|error| write_error(error, directory))?;
+        drop(file);
+        if bytes == 0 {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{} is empty", quoted(&display_name)),
+            ));
+        }
+        let claimed = claimed_extension(&display_name);
+        let Some(extension) = upload_format(&head, claimed.as_deref()) else {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "{} is not a spreadsheet (expected .xlsx, .xlsm, .xlsb, .xls, .ods or .csv content)",
+                    quoted(&display_name)
+                ),
+            ));
+        };
+        let path = rename_to(partial, extension)?;
+        return Ok(Upload {
+            path,
+            display_name,
+            bytes,
+        });
+    }
+}
+
+/// Gives the partial file its reader's extension, keeping it deleted-on-drop.
+fn rename_to(partial: TempPath, extension: &str) -> Result<TempPath, ApiError> {
+    let target: PathBuf = partial.with_extension(extension);
+    let kept = partial.keep().map_err(|error| {
+        ApiError::internal(&anyhow::Error::new(error).context("cannot keep the upload file"))
+    })?;
+    match std::fs::rename(&kept, &target) {
+        Ok(()) => TempPath::try_from_path(target.clone()).map_err(|error| {
+            // cannot happen for an absolute or relative path that was just created; delete it
+            let _removed = std::fs::remove_file(&target);
+            ApiError::internal(&anyhow::Error::new(error).context("cannot track the upload file"))
+        }),
+        Err(error) => {
+            let _removed = std::fs::remove_file(&kept);
+            Err(ApiError::internal(
+                &anyhow::Error::new(error).context("cannot rename the upload file"),
+            ))
+        }
+    }
+}
+
+/// The client's file name, reduced to its last path component without control characters,
+/// and shortened: it is shown, never used as a path.
+pub(crate) fn display_name(client_name: Option<&str>) -> String {
+    let last = client_name
+        .unwrap_or_default()
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or_default();
+    let cleaned: String = last
+        .chars()
+        .filter(|ch| !ch.is_control())
+        .take(DISPLAY_NAME_CHARS)
+        .collect();
+    let cleaned = cleaned.trim().trim_start_matches('.').to_string();
+    if cleaned.is_empty() {
+        "upload".to_string()
+    } else {
+        cleaned
+    }
+}
+
+/// The extension of a display name, lowercase.
+fn claimed_extension(display_name: &str) -> Option<String> {
+    Path::new(display_name)
+        .extension()
+        .map(|extension| extension.to_string_lossy().to_ascii_lowercase())
+}
+
+fn quoted(name: &str) -> String {
+    format!("{name:?}")
+}
+
+/// A multipart error as the client's error: over the body limit is 413, the rest 400.
+fn multipart_error(error: &MultipartError, max_bytes: u64) -> ApiError {
+    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, too_large(max_bytes))
+    } else {
+        ApiError::bad_request(format!("malformed multipart upload: {}", error.body_text()))
+    }
+}
+
+fn write_error(error: std::io::Error, directory: &Path) -> ApiError {
+    ApiError::internal(
+        &anyhow::Error::new(error)
+            .context(format!("cannot write the upload into {}", directory.display())),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_file_name_is_only_shown_never_a_path() {
+        let cases = [
+            (Some("sales.xlsx"), "sales.xlsx"),
+            (Some("../../etc/passwd.xlsx"), "passwd.xlsx"),
+            (Some("..\\..\\win.ini"), "win.ini"),
+            (Some("/abs/path/q3.csv"), "q3.csv"),
+            (Some(".."), "upload"),
+            (Some("a\nb\u{0}.xlsx"), "ab.xlsx"),
+            (Some(".hidden.csv"), "hidden.csv"),
+            (None, "upload"),
+        ];
+        for (given, expected) in cases {
+            assert_eq!(display_name(given), expected, "{given:?}");
+        }
+    }
+}
