@@ -182,10 +182,10 @@ fn multipart_error(error: &MultipartError, max_bytes: u64) -> ApiError {
 }
 
 fn write_error(error: std::io::Error, directory: &Path) -> ApiError {
-    ApiError::internal(
-        &anyhow::Error::new(error)
-            .context(format!("cannot write the upload into {}", directory.display())),
-    )
+    ApiError::internal(&anyhow::Error::new(error).context(format!(
+        "cannot write the upload into {}",
+        directory.display()
+    )))
 }
 
 #[cfg(test)]

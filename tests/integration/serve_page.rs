@@ -410,6 +410,23 @@ fn page_uploads_a_workbook_and_shows_its_stats() {
                         .expect("rejects section state"),
                     "no rejects offered when every row is in"
                 );
+
+                // the page's address names the import, so a reload shows it again
+                let address = client.current_url().await.expect("page address");
+                assert!(
+                    address
+                        .fragment()
+                        .is_some_and(|fragment| fragment.starts_with("import-")),
+                    "{address}"
+                );
+                client.refresh().await.expect("the page reloads");
+                wait_for_result(&client).await;
+                let again = stats_table(&client).await;
+                assert_eq!(
+                    again.get("success_count"),
+                    stats.get("success_count"),
+                    "{again:?}"
+                );
             })
             .await;
     });
