@@ -70,7 +70,9 @@ pub(crate) async fn require_token(
     match given {
         Some(given) if token.matches(given.trim()) => next.run(request).await,
         Some(_) => unauthorized("wrong token"),
-        None => unauthorized("this service needs a token: send the header 'Authorization: Bearer TOKEN'"),
+        None => unauthorized(
+            "this service needs a token: send the header 'Authorization: Bearer TOKEN'",
+        ),
     }
 }
 

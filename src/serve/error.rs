@@ -82,7 +82,9 @@ impl IntoResponse for ApiError {
 /// wrong method, a body over the limit, a timeout): the same `{"error": ...}` shape.
 pub(crate) fn message_for_status(status: StatusCode, max_upload_bytes: u64) -> String {
     match status {
-        StatusCode::NOT_FOUND => "no such endpoint (see GET / or README's endpoint list)".to_string(),
+        StatusCode::NOT_FOUND => {
+            "no such endpoint (see GET / or README's endpoint list)".to_string()
+        }
         StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this endpoint".to_string(),
         StatusCode::PAYLOAD_TOO_LARGE => too_large(max_upload_bytes),
         StatusCode::REQUEST_TIMEOUT => "the request took longer than --request-timeout".to_string(),

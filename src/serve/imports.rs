@@ -233,15 +233,31 @@ impl Imports {
                 Err(failure) => failure.run_id,
             };
             let ended = ended_of(&result);
-            let rejects_href =
-                keep_rejects(&uploads, &rejects_partial, run_id, ended.rejected_total, retention)
-                    .await;
+            let rejects_href = keep_rejects(
+                &uploads,
+                &rejects_partial,
+                run_id,
+                ended.rejected_total,
+                retention,
+            )
+            .await;
             let (written, rejected) = ended
                 .stats
                 .as_ref()
                 .map_or((0, 0), |stats| (stats.success_count, stats.error_count));
-            metrics.finished(ended.status, written, rejected, started.elapsed().as_secs_f64());
-            info!(run_id, status = ended.status, written, rejected, "import of an upload ended");
+            metrics.finished(
+                ended.status,
+                written,
+                rejected,
+                started.elapsed().as_secs_f64(),
+            );
+            info!(
+                run_id,
+                status = ended.status,
+                written,
+                rejected,
+                "import of an upload ended"
+            );
             *lock(&entry.ended) = Some(ended);
             forget_oldest_ended(&live);
             drop(permit);
@@ -386,7 +402,9 @@ impl ProgressSink for Progress {
 /// Locks a std mutex of this module; its holders never panic, so a poisoned one still
 /// holds consistent data.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The ledger's name of how an import ended.

@@ -113,10 +113,16 @@ mod tests {
         metrics.started();
         metrics.finished("rejected_rows", 7, 3, 0.2);
         let text = metrics.render().expect("metrics encode");
-        assert!(text.contains("importer_imports_total{outcome=\"rejected_rows\"} 1"), "{text}");
+        assert!(
+            text.contains("importer_imports_total{outcome=\"rejected_rows\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("importer_rows_written_total 7"), "{text}");
         assert!(text.contains("importer_rows_rejected_total 3"), "{text}");
         assert!(text.contains("importer_imports_in_flight 0"), "{text}");
-        assert!(text.contains("importer_import_duration_seconds_count 1"), "{text}");
+        assert!(
+            text.contains("importer_import_duration_seconds_count 1"),
+            "{text}"
+        );
     }
 }

@@ -100,8 +100,12 @@ pub async fn run(
             config.listen
         );
     }
-    std::fs::create_dir_all(&config.uploads)
-        .with_context(|| format!("cannot create the uploads directory {}", config.uploads.display()))?;
+    std::fs::create_dir_all(&config.uploads).with_context(|| {
+        format!(
+            "cannot create the uploads directory {}",
+            config.uploads.display()
+        )
+    })?;
     remove_leftover_uploads(&config.uploads);
     imports::prune_rejects(&config.uploads, config.retention);
     let pool = service_pool(config.defaults.database_url.as_deref())?;

@@ -132,11 +132,8 @@ async fn health() -> Json<Value> {
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let answered = tokio::time::timeout(
-        READY_TIMEOUT,
-        sqlx::query("SELECT 1").execute(&state.pool),
-    )
-    .await;
+    let answered =
+        tokio::time::timeout(READY_TIMEOUT, sqlx::query("SELECT 1").execute(&state.pool)).await;
     match answered {
         Ok(Ok(_)) => Ok(Json(json!({ "status": "ready" }))),
         // the error may name the server; it goes to the log only
@@ -281,7 +278,10 @@ fn check_table(state: &AppState, table: &str) -> Result<(), ApiError> {
 }
 
 /// The service's defaults with the query's overrides.
-pub(crate) fn options_for(state: &AppState, query: &ImportQuery) -> Result<ImportOptions, ApiError> {
+pub(crate) fn options_for(
+    state: &AppState,
+    query: &ImportQuery,
+) -> Result<ImportOptions, ApiError> {
     let mut options = state.config.defaults.clone();
     if let Some(method) = non_empty(&query.method) {
         options.method = parse_method(method)?;
@@ -332,7 +332,10 @@ pub(crate) fn options_for(state: &AppState, query: &ImportQuery) -> Result<Impor
 }
 
 fn non_empty(value: &Option<String>) -> Option<&str> {
-    value.as_deref().map(str::trim).filter(|value| !value.is_empty())
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
 }
 
 fn parse_method(text: &str) -> Result<Method, ApiError> {
@@ -467,12 +470,14 @@ async fn download_rejects(
     let Some(path) = state.imports.rejects_path(id) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("import {id} has no rejects file (none were rejected, or it is older than --keep-rejects-hours / --keep-rejects)"),
+            format!(
+                "import {id} has no rejects file (none were rejected, or it is older than --keep-rejects-hours / --keep-rejects)"
+            ),
         ));
     };
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|error| ApiError::internal(&anyhow::Error::new(error).context("cannot open a rejects file")))?;
+    let file = tokio::fs::File::open(&path).await.map_err(|error| {
+        ApiError::internal(&anyhow::Error::new(error).context("cannot open a rejects file"))
+    })?;
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok((
         [

@@ -57,6 +57,7 @@ pub(crate) async fn receive(
         let display_name = display_name(field.file_name());
         let partial = tempfile::Builder::new()
             .prefix("upload-")
+            .rand_bytes(16)
             .suffix(".part")
             .tempfile_in(directory)
             .map_err(|error| {
@@ -182,10 +183,10 @@ fn multipart_error(error: &MultipartError, max_bytes: u64) -> ApiError {
 }
 
 fn write_error(error: std::io::Error, directory: &Path) -> ApiError {
-    ApiError::internal(
-        &anyhow::Error::new(error)
-            .context(format!("cannot write the upload into {}", directory.display())),
-    )
+    ApiError::internal(&anyhow::Error::new(error).context(format!(
+        "cannot write the upload into {}",
+        directory.display()
+    )))
 }
 
 #[cfg(test)]

@@ -369,7 +369,8 @@ pub struct RunEntry {
 }
 
 /// The columns of a [`RunEntry`], as [`run_entry`] reads them.
-const RUN_ENTRY_COLUMNS: &str = "id, file_path, file_size, sha256, sheet, table_schema, table_name, method, mode,
+const RUN_ENTRY_COLUMNS: &str =
+    "id, file_path, file_size, sha256, sheet, table_schema, table_name, method, mode,
         to_json(started_at) #>> '{}' AS started_at,
         to_json(finished_at) #>> '{}' AS finished_at,
         extract(epoch FROM finished_at - started_at)::float8 AS duration_seconds,

@@ -171,15 +171,27 @@ mod tests {
             (b"PK\x03\x04rest", Some("xlsx"), Some("xlsx")),
             (b"PK\x03\x04rest", Some("xlsb"), Some("xlsb")),
             (b"PK\x03\x04rest", None, Some("xlsx")),
-            (b"PK\x03\x04....mimetypeapplication/vnd.oasis.opendocument.spreadsheet", Some("zip"), Some("ods")),
-            (&[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1, 0], Some("xlsx"), Some("xls")),
+            (
+                b"PK\x03\x04....mimetypeapplication/vnd.oasis.opendocument.spreadsheet",
+                Some("zip"),
+                Some("ods"),
+            ),
+            (
+                &[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1, 0],
+                Some("xlsx"),
+                Some("xls"),
+            ),
             (b"name,city\nAda,London\n", Some("xlsx"), Some("csv")),
             (b"name\nAda\n", Some("csv"), Some("csv")),
             (b"<!DOCTYPE html><html>", Some("xlsx"), None),
             (b"\x7fELF\x02\x01\x01\0", Some("xlsx"), None),
         ];
         for (head, claimed, expected) in cases {
-            assert_eq!(upload_format(head, claimed), expected, "{head:?} named {claimed:?}");
+            assert_eq!(
+                upload_format(head, claimed),
+                expected,
+                "{head:?} named {claimed:?}"
+            );
         }
     }
 
