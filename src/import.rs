@@ -1,305 +1,427 @@
 //! One import as a library call: [`ImportOptions`] (plain data, no clap) and an
 //! [`ImportControl`] (cancel token, progress sink) in, an [`ImportReport`] or an
 //! [`ImportFailure`] with its [`FailureKind`] out. `importer run` and the upload service are
-//! two callers of [`run`]; exit codes, HTTP statuses and printing stay with them.
+//! two callers of [`run`]; printing, exit codes and HTTP statuses stay with them.
+//!
+//! The order of an import, every fatal check before the first row is written: the output
+//! paths and `key` are checked; [`prepare`] reads the header, connects and looks the table
+//! up; [`record`] takes the table's run lock and records the run in the ledger (or finds the
+//! content loaded before and skips it); a missing table is created from the inferred column
+//! types; [`mode`] points the job at a staging table when the mode needs one; [`load`] runs
+//! the strategy; `mode` publishes; the stats are kept in the ledger and `summary`, and
+//! [`record`] records the ending and releases the lock. A cancel in any phase ends the run
+//! with its stats and its ledger row `cancelled`.
 
-use std::fmt;
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+mod control;
+pub mod load;
+pub mod mode;
+mod options;
+pub mod prepare;
+pub(crate) mod record;
+mod report;
 
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::anyhow;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
+pub use self::control::{ImportControl, ProgressSink, RowsSoFar};
+use self::load::run_job;
+pub use self::mode::Mode;
+use self::mode::WritePlan;
+pub use self::options::ImportOptions;
+use self::prepare::{build_job, create_table, infer_types_until_dropped, prepare};
+use self::record::RunRecord;
+use self::report::Failing;
+pub use self::report::{
+    FailureKind, ImportFailure, ImportOutcome, ImportReport, RejectedRow, SkippedRun, failure_kind,
+};
+use crate::message::{shown, shown_path};
+use crate::rejects::RejectLog;
+use crate::schema::Column;
+pub use crate::sink::ledger::DEFAULT_LEDGER_SCHEMA;
+use crate::sink::ledger::RunOutcome;
+use crate::sink::{self, TableName, TargetTable};
 pub use crate::source::{CsvOptions, XlsxReader};
 pub use crate::stats::ImportStats;
+use crate::stats::{RunShape, Tally};
 pub use crate::strategy::Method;
 
-/// What a run does to the rows already in the table.
-pub use crate::cli::Mode;
-
-/// Everything one import needs to know, as plain data.
-#[derive(Clone)]
-pub struct ImportOptions {
-    /// The workbook or CSV file (`-` reads standard input).
-    pub file: PathBuf,
-    /// The name the stats' `file` and messages show; default: `file`'s name.
-    pub display_name: Option<String>,
-    /// Target table, may be schema-qualified; default: the file's stem, folded.
-    pub table: Option<String>,
-    /// Sheet name, or 0-based index; default: the first sheet.
-    pub sheet: Option<String>,
-    /// 1-based row that holds the column names.
-    pub header_row: u32,
-    /// How rows are written.
-    pub method: Method,
-    /// Worker connections (concurrent, batch, copy); default: the available cores.
-    pub workers: Option<u16>,
-    /// Rows per INSERT (batch) or per COPY chunk (copy).
-    pub batch_size: u32,
-    /// Append, replace or upsert.
-    pub mode: Mode,
-    /// Key columns of an upsert.
-    pub key: Vec<String>,
-    /// Load through a staging table and publish in one transaction.
-    pub atomic: bool,
-    /// Stop once more than this many rows have been rejected.
-    pub max_errors: Option<u64>,
-    /// Write every rejected row to this CSV file.
-    pub rejects: Option<PathBuf>,
-    /// Read and convert every row, write nothing to the database.
-    pub dry_run: bool,
-    /// Create a missing table from the sheet (the CLI's `--no-create` turns it off).
-    pub create_table: bool,
-    /// Skip the import when this content was already loaded into the table.
-    pub skip_unchanged: bool,
-    /// Continue after the rows earlier unfinished runs of the same content committed.
-    pub resume: bool,
-    /// Wait this long for another run on the same table; `None` fails at once.
-    pub wait_lock: Option<Duration>,
-    /// replace: how long the swap keeps trying for the table's lock.
-    pub swap_timeout: Duration,
-    /// Also write the stats JSON to this file.
-    pub summary: Option<PathBuf>,
-    /// PostgreSQL URL or libpq keyword string; `None`: the `PG*` variables, else the
-    /// docker-compose.yml server.
-    pub database_url: Option<String>,
-    /// Keep retrying a failed first connection for this long.
-    pub connect_timeout: Duration,
-    /// Schema of the run ledger; `None` records nothing (the run lock is still taken).
-    pub ledger_schema: Option<String>,
-    /// How a CSV input is read.
-    pub csv: CsvOptions,
-    /// Reader of .xlsx/.xlsm files.
-    pub xlsx_reader: XlsxReader,
-    /// How many rejected rows [`ImportReport::rejections`] keeps (0 for the CLI).
-    pub kept_rejections: usize,
-}
-
-impl ImportOptions {
-    /// The CLI's defaults for `file`, connecting to `database_url`.
-    pub fn new(file: PathBuf, database_url: impl Into<String>) -> Self {
-        ImportOptions {
-            file,
-            display_name: None,
-            table: None,
-            sheet: None,
-            header_row: 1,
-            method: Method::Batch,
-            workers: None,
-            batch_size: 1000,
-            mode: Mode::Append,
-            key: Vec::new(),
-            atomic: false,
-            max_errors: None,
-            rejects: None,
-            dry_run: false,
-            create_table: true,
-            skip_unchanged: false,
-            resume: false,
-            wait_lock: None,
-            swap_timeout: Duration::from_secs(60),
-            summary: None,
-            database_url: Some(database_url.into()),
-            connect_timeout: Duration::from_secs(30),
-            ledger_schema: Some(DEFAULT_LEDGER_SCHEMA.to_string()),
-            csv: CsvOptions::default(),
-            xlsx_reader: XlsxReader::Fast,
-            kept_rejections: 0,
-        }
-    }
-}
-
-/// The run ledger's schema by default.
-pub const DEFAULT_LEDGER_SCHEMA: &str = "importer";
-
-impl fmt::Debug for ImportOptions {
-    // the database URL may hold a password: never shown
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter
-            .debug_struct("ImportOptions")
-            .field("file", &self.file)
-            .field("display_name", &self.display_name)
-            .field("table", &self.table)
-            .field("sheet", &self.sheet)
-            .field("header_row", &self.header_row)
-            .field("method", &self.method)
-            .field("workers", &self.workers)
-            .field("batch_size", &self.batch_size)
-            .field("mode", &self.mode)
-            .field("key", &self.key)
-            .field("atomic", &self.atomic)
-            .field("max_errors", &self.max_errors)
-            .field("rejects", &self.rejects)
-            .field("dry_run", &self.dry_run)
-            .field("create_table", &self.create_table)
-            .field("skip_unchanged", &self.skip_unchanged)
-            .field("resume", &self.resume)
-            .field("wait_lock", &self.wait_lock)
-            .field("swap_timeout", &self.swap_timeout)
-            .field("summary", &self.summary)
-            .field(
-                "database_url",
-                &self.database_url.as_ref().map(|_| "<redacted>"),
-            )
-            .field("connect_timeout", &self.connect_timeout)
-            .field("ledger_schema", &self.ledger_schema)
-            .field("csv", &self.csv)
-            .field("xlsx_reader", &self.xlsx_reader)
-            .field("kept_rejections", &self.kept_rejections)
-            .finish()
-    }
-}
-
-/// Rows a running import has got through so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RowsSoFar {
-    /// Data rows read from the file.
-    pub read: u64,
-    /// Rows written (committed or sent).
-    pub written: u64,
-    /// Rows rejected.
-    pub rejected: u64,
-}
-
-/// Where a running import reports how far it is; every method has a default that ignores it.
-pub trait ProgressSink: Send + Sync {
-    /// The run is recorded in the ledger as `run_id` (`None`: no ledger, or a dry run).
-    fn started(&self, run_id: Option<i64>) {
-        let _ = run_id;
-    }
-
-    /// Rows so far; called at most about ten times a second.
-    fn rows(&self, rows: RowsSoFar) {
-        let _ = rows;
-    }
-}
-
-/// How the caller steers a running import.
-#[derive(Clone, Default)]
-pub struct ImportControl {
-    /// Cancelled: the run stops reading, finishes the rows it read and ends `Cancelled`.
-    pub cancel: CancellationToken,
-    /// Told the run id and the rows so far.
-    pub progress: Option<Arc<dyn ProgressSink>>,
-    /// What cancelled the run (`SIGTERM`, `the service's shutdown`), set before `cancel`
-    /// fires: logs and the ledger say `stopped by {cause}`.
-    pub cancel_cause: Arc<OnceLock<String>>,
-}
-
-impl ImportControl {
-    /// A control nobody has cancelled, without a progress sink.
-    pub fn new() -> Self {
-        ImportControl::default()
-    }
-
-    /// Cancels the run, naming what cancelled it (the first cause given wins).
-    pub fn cancel_because(&self, cause: &str) {
-        self.cancel_cause.set(cause.to_string()).ok(); // a second cause changes nothing
-        self.cancel.cancel();
-    }
-
-    /// What cancelled the run, as logs and the ledger name it.
-    pub fn cause(&self) -> &str {
-        self.cancel_cause
-            .get()
-            .map_or("a cancel request", String::as_str)
-    }
-}
-
-/// How an import that ran to its end (or was cancelled) went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImportOutcome {
-    /// Every row is in.
-    AllIn,
-    /// The import finished but some rows were rejected.
-    SomeRejected,
-    /// Stopped by the cancel token after finishing the rows already read.
-    Cancelled,
-    /// `skip_unchanged`: this content was already loaded into the table; nothing was read.
-    Skipped,
-}
-
-/// One rejected row, as the rejects file has it (without the cells).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct RejectedRow {
-    /// 1-based row number in the sheet.
-    pub row_number: u32,
-    /// The column at fault; `None` when the server refused the row as a whole.
-    pub column: Option<String>,
-    /// A short reason.
-    pub reason: String,
-}
-
-/// What `skip_unchanged` found: the run that loaded this content before.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct SkippedRun {
-    /// The content's SHA-256.
-    pub sha256: String,
-    /// The ledger id of the run that loaded it.
-    pub previous_run_id: i64,
-    /// When that run finished (as the ledger prints it).
-    pub previous_finished_at: String,
-}
-
-/// The result of an import that ended without a fatal error.
-#[derive(Debug, Clone)]
-pub struct ImportReport {
-    /// The contract's stats (zero rows for a skipped or early-cancelled run).
-    pub stats: ImportStats,
-    /// How it ended.
-    pub outcome: ImportOutcome,
-    /// The run's ledger id (`None` with no ledger or a dry run).
-    pub run_id: Option<i64>,
-    /// The first [`ImportOptions::kept_rejections`] rejected rows.
-    pub rejections: Vec<RejectedRow>,
-    /// All rejected rows.
-    pub rejected_total: u64,
-    /// `Skipped`: the run that loaded this content before.
-    pub skipped: Option<SkippedRun>,
-}
-
-/// What kind of failure ended an import, for an exit code or an HTTP status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// Options that make no sense together.
-    Usage,
-    /// The table is being loaded by another run.
-    Locked,
-    /// The file cannot be read, is not a spreadsheet, the sheet is missing, the header does not
-    /// map, the table is missing with `create_table` off, or a value exceeds a limit.
-    Input,
-    /// The server is unreachable or was lost, or SQL failed for a reason not in the input.
-    Database,
-    /// A bug in importer.
-    Internal,
-}
-
-/// An import that failed: what kind of failure, the error chain, and what was done before.
-#[derive(Debug)]
-pub struct ImportFailure {
-    /// What kind of failure.
-    pub kind: FailureKind,
-    /// The error and its causes.
-    pub error: anyhow::Error,
-    /// The stats, when rows were processed before the failure.
-    pub stats: Option<ImportStats>,
-    /// The run's ledger id, when it was recorded.
-    pub run_id: Option<i64>,
-}
-
-impl fmt::Display for ImportFailure {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "{:#}", self.error)
-    }
-}
-
-impl std::error::Error for ImportFailure {}
-
-/// Runs one import to its end: the lock, the ledger row, the rows, the publish. Nothing is
-/// printed on stdout; logs go through `tracing`.
+/// Runs one import to its end: the lock, the ledger row, the rows, the publish, the ledger's
+/// last word. Nothing is printed on stdout; logs go through `tracing`. A cancel of
+/// `control` ends it `Cancelled` (the rows already read are finished, the stats count them).
 pub async fn run(
     options: ImportOptions,
     control: ImportControl,
 ) -> Result<ImportReport, ImportFailure> {
-    crate::cmd::run::run_library(options, control).await
+    let started = Instant::now();
+    if let Err(error) = record::check_outputs(&options).and_then(|()| mode::check_key(&options.key))
+    {
+        return Err(ImportFailure::new(error, None, None));
+    }
+    let mut record = RunRecord::new(&options);
+    let result = import(&options, &mut record, &control, started).await;
+    let kept_stats = record.stats().cloned();
+    let run_id = record.run_id();
+    let skipped = record.skipped().cloned();
+    let (ending, import) = match result {
+        Ok(import) => (Ok(import.outcome), Some(import)),
+        Err(error) => (Err(error), None),
+    };
+    let ending = record.finish(ending, control.cause()).await;
+    match (ending, import) {
+        (Ok(outcome), Some(import)) => {
+            let rejections = import
+                .rejects
+                .as_ref()
+                .map(|rejects| rejects.kept())
+                .unwrap_or_default();
+            Ok(ImportReport {
+                rejected_total: import.stats.error_count,
+                stats: import.stats,
+                outcome,
+                run_id,
+                rejections,
+                skipped,
+            })
+        }
+        (Err(error), _) => Err(ImportFailure::new(error, kept_stats, run_id)),
+        (Ok(_), None) => unreachable!("a run that failed cannot end well"),
+    }
+}
+
+/// What [`import`] ends with, short of a failure.
+struct Import {
+    outcome: ImportOutcome,
+    stats: ImportStats,
+    /// The run's rejects log, once it was opened.
+    rejects: Option<Arc<RejectLog>>,
+}
+
+/// The file as the log shows it.
+fn shown_file(options: &ImportOptions) -> String {
+    match &options.display_name {
+        Some(name) => shown(name).to_string(),
+        None => shown_path(&options.file).to_string(),
+    }
+}
+
+/// The import itself.
+async fn import(
+    options: &ImportOptions,
+    record: &mut RunRecord,
+    control: &ImportControl,
+    started: Instant,
+) -> anyhow::Result<Import> {
+    let prepared = match control.unless_cancelled(prepare(options)).await? {
+        ControlFlow::Continue(prepared) => prepared,
+        ControlFlow::Break(()) => {
+            return stopped_before_import(options, record, control, started).await;
+        }
+    };
+    // the run lock, the ledger entry and skip_unchanged, before anything is written
+    let begun = record.begin(options, &prepared, control).await;
+    control.report_started(record.run_id());
+    match begun? {
+        Some(ImportOutcome::Cancelled) => {
+            return stopped_before_import(options, record, control, started).await;
+        }
+        Some(ImportOutcome::Skipped) => {
+            let shape = RunShape::planned(options);
+            let mut stats = ImportStats::new(&shape, Tally::default(), started.elapsed(), true)
+                .failing_as(FailureKind::Internal)?;
+            stats.table = prepared.table_name.to_string();
+            return Ok(Import {
+                outcome: ImportOutcome::Skipped,
+                stats,
+                rejects: None,
+            });
+        }
+        Some(outcome) => {
+            unreachable!("begin ends a run only as cancelled or skipped, not {outcome:?}")
+        }
+        None => {}
+    }
+    let mut create_table_sql = None;
+    let table = match &prepared.existing {
+        Some(table) => table.clone(),
+        None if !options.create_table => {
+            return Err(anyhow!(
+                "table {} does not exist; create it first, or drop --no-create to create it from the sheet",
+                prepared.table_name
+            ))
+            .failing_as(FailureKind::Input);
+        }
+        None => {
+            let inferring = infer_types_until_dropped(&prepared);
+            let column_types = match control
+                .unless_cancelled(inferring)
+                .await
+                .failing_as(FailureKind::Input)?
+            {
+                ControlFlow::Continue(column_types) => column_types,
+                ControlFlow::Break(()) => {
+                    return stopped_before_import(options, record, control, started).await;
+                }
+            };
+            if control.is_cancelled() {
+                return stopped_before_import(options, record, control, started).await;
+            }
+            if options.dry_run {
+                let columns: Vec<Column> = prepared
+                    .folded_names
+                    .iter()
+                    .zip(&column_types)
+                    .map(|(name, inferred)| inferred.column(name))
+                    .collect();
+                let statement = sink::create_table_sql(
+                    &prepared.table_name,
+                    &prepared.folded_names,
+                    &column_types,
+                );
+                info!(table = %prepared.table_name, statement = %statement, "dry run: the table does not exist and would be created");
+                create_table_sql = Some(statement);
+                TargetTable {
+                    name: prepared.table_name.clone(),
+                    columns,
+                }
+            } else {
+                create_table(&prepared, &prepared.table_name, &column_types).await?
+            }
+        }
+    };
+    let table_name = table.name.clone();
+    let cancel = CancellationToken::new();
+    let rejects = RejectLog::create(
+        options.rejects.as_deref(),
+        &prepared.header,
+        options.max_errors,
+        cancel.clone(),
+    )
+    .failing_as(FailureKind::Usage)?
+    .keeping(options.kept_rejections);
+    let rejects = Arc::new(rejects);
+    let mut job = build_job(
+        &prepared,
+        table,
+        options.method,
+        options.batch_size,
+        Arc::clone(&rejects),
+        cancel,
+    )?;
+    if control.is_cancelled() {
+        return stopped_before_import(options, record, control, started).await;
+    }
+    record.attach_to(&mut job, options.connect_timeout);
+    let plan = match options.dry_run {
+        true => WritePlan::Direct,
+        false => {
+            mode::prepare(
+                &mut job,
+                options.mode,
+                options.atomic,
+                &options.key,
+                options.swap_timeout,
+            )
+            .await?
+        }
+    };
+    record.keep_staging(&plan).await?;
+    let (pool, columns) = (job.pool.clone(), job.columns.clone());
+    let fence = job.chunk_ledger.clone();
+    let shape = RunShape::new(options.method, options.file_name(), &table_name, &job);
+    info!(
+        file = %shown_file(options),
+        sheet = %shown(&job.header.sheet_name),
+        table = %table_name,
+        method = options.method.name(),
+        workers = shape.workers,
+        batch_size = shape.batch_size,
+        "import started"
+    );
+
+    let (mut report, cancelled) = run_job(options.method, job, options.dry_run, control).await;
+    if report.unconfirmed.is_some() {
+        record.forget_server();
+    }
+    let rejects_written = rejects.finish();
+    let limit_passed = rejects.limit_passed();
+    let complete = report.error.is_none() && !cancelled && !limit_passed;
+    let staged_rows = report.tally.success_count;
+    let published = match mode::finish(
+        &plan,
+        &pool,
+        &columns,
+        &table_name,
+        complete,
+        fence.as_ref(),
+    )
+    .await
+    {
+        Ok(published) => published,
+        Err(error) => {
+            let error = describe_publish_error(&pool, error).await;
+            report.error.get_or_insert(error);
+            false
+        }
+    };
+    if !published {
+        // staged rows that never reached the target are counted as rejected: every row read
+        // is in the stats, and success + error == total still holds
+        report.tally.error_count += report.tally.success_count;
+        report.tally.success_count = 0;
+    }
+    if !matches!(plan, WritePlan::Direct) && report.tally.success_count == 0 && staged_rows > 0 {
+        warn!(table = %table_name, staged_rows, "the staged rows were discarded: the table is as it was before this run");
+    }
+    let complete = complete && report.error.is_none();
+    let mut stats = ImportStats::new(&shape, report.tally, started.elapsed(), complete)
+        .failing_as(FailureKind::Internal)?;
+    if options.dry_run {
+        stats = stats.into_dry_run(create_table_sql);
+    }
+    let rows_outcome = outcome_of(report.error.is_some(), cancelled, complete, &stats);
+    // the ledger before stdout: a run killed while printing its stats has recorded them
+    let summary_written = record.keep_stats(&stats, rows_outcome).await;
+    info!(
+        table = %table_name,
+        total_records = stats.total_records,
+        success_count = stats.success_count,
+        error_count = stats.error_count,
+        duration_seconds = stats.duration_seconds,
+        "import finished"
+    );
+    let verb = if options.dry_run { "would be" } else { "are" };
+    let written = match report
+        .unconfirmed
+        .filter(|_| matches!(plan, WritePlan::Direct))
+    {
+        Some(at_most) => unconfirmed_rows(&stats, at_most, &table_name),
+        None => format!(
+            "{} rows {verb} in table {table_name} from this run, {} rejected",
+            stats.success_count, stats.error_count
+        ),
+    };
+    let outputs_written = rejects_written.and(summary_written);
+    if let Some(error) = report.error {
+        warn_unwritten(&outputs_written);
+        return Err(error.context(format!("import stopped early; {written}")));
+    }
+    if limit_passed {
+        warn_unwritten(&outputs_written);
+        let max_errors = options.max_errors.unwrap_or_default();
+        return Err(anyhow!(
+            "stopped: more than {max_errors} rows rejected (--max-errors {max_errors}); {written}"
+        ))
+        .failing_as(FailureKind::Input);
+    }
+    let outcome = if cancelled {
+        warn!(signal = control.cause(), "import interrupted; {written}");
+        ImportOutcome::Cancelled
+    } else if stats.error_count > 0 {
+        ImportOutcome::SomeRejected
+    } else {
+        ImportOutcome::AllIn
+    };
+    if let Err(error) = outputs_written {
+        // the rows are committed: the ledger keeps their outcome, and the error says so
+        record.keep_rows_outcome(outcome);
+        return Err(error.context(format!(
+            "{written} (recorded as {} in the run ledger), but an output file failed",
+            ledger_outcome_name(outcome)
+        )));
+    }
+    Ok(Import {
+        outcome,
+        stats,
+        rejects: Some(rejects),
+    })
+}
+
+/// Ends a run cancelled before its first row was read: the stats (zero rows) are kept like
+/// those of any run, and the run is `Cancelled`.
+async fn stopped_before_import(
+    options: &ImportOptions,
+    record: &mut RunRecord,
+    control: &ImportControl,
+    started: Instant,
+) -> anyhow::Result<Import> {
+    warn!(
+        signal = control.cause(),
+        "stopped before the import started; nothing was written"
+    );
+    let shape = RunShape::planned(options);
+    let mut stats = ImportStats::new(&shape, Tally::default(), started.elapsed(), true)
+        .failing_as(FailureKind::Internal)?;
+    if options.dry_run {
+        stats = stats.into_dry_run(None);
+    }
+    let summary_written = record.keep_stats(&stats, RunOutcome::Cancelled).await;
+    if let Err(error) = summary_written {
+        record.keep_rows_outcome(ImportOutcome::Cancelled);
+        return Err(error.context(format!(
+            "stopped by {} before the import started, nothing was written",
+            control.cause()
+        )));
+    }
+    Ok(Import {
+        outcome: ImportOutcome::Cancelled,
+        stats,
+        rejects: None,
+    })
+}
+
+/// Logs an output file that failed when a worse error is the one reported.
+fn warn_unwritten(outputs_written: &anyhow::Result<()>) {
+    if let Err(error) = outputs_written {
+        warn!(error = %format!("{error:#}"), "an output file could not be written");
+    }
+}
+
+/// The ledger's name of an outcome, for messages.
+fn ledger_outcome_name(outcome: ImportOutcome) -> &'static str {
+    match outcome {
+        ImportOutcome::AllIn => "succeeded",
+        ImportOutcome::SomeRejected => "rejected_rows",
+        ImportOutcome::Cancelled => "cancelled",
+        ImportOutcome::Skipped => "skipped",
+    }
+}
+
+/// Rewords a failed publish: the server's message once, with the constraint's key columns
+/// (never the key values of its DETAIL, which are cell values).
+async fn describe_publish_error(pool: &PgPool, error: anyhow::Error) -> anyhow::Error {
+    match sink::violation::describe(pool, &error).await {
+        Some(violation) => anyhow::anyhow!("{error}: {violation}"),
+        None => error,
+    }
+}
+
+/// The ledger outcome the stats stand for, as [`record::RunRecord::finish`] will
+/// record it from the run's result.
+fn outcome_of(failed: bool, interrupted: bool, complete: bool, stats: &ImportStats) -> RunOutcome {
+    if failed {
+        RunOutcome::Failed
+    } else if interrupted {
+        RunOutcome::Cancelled
+    } else if !complete {
+        RunOutcome::Failed // --max-errors passed
+    } else if stats.error_count > 0 {
+        RunOutcome::RejectedRows
+    } else {
+        RunOutcome::Succeeded
+    }
+}
+
+/// What a run that lost the server for good can say of its rows (its stats say the lower
+/// figure): those confirmed durable, and those whose commit the server had acknowledged.
+fn unconfirmed_rows(stats: &ImportStats, at_most: u64, table: &TableName) -> String {
+    format!(
+        "at least {} rows are in table {table} (confirmed), at most {at_most}; {} rejected; the server could not be reached again within --connect-timeout to count them exactly",
+        stats.success_count, stats.error_count
+    )
 }

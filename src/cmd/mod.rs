@@ -4,10 +4,10 @@ pub mod bench;
 pub mod generate;
 pub mod history;
 pub mod manual;
-pub mod mode;
-pub mod record;
 pub mod run;
 pub mod serve;
+
+use crate::import::ImportControl;
 
 /// How a command ended, for the exit code (mapped in `main`, the one place exit codes live).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,10 +52,8 @@ impl Signal {
 /// one made per phase would miss a signal between two phases (or let the first one kill the
 /// process the default way, with nothing printed or recorded).
 pub struct SignalListener {
-    interrupt: Option<tokio::signal::unix::Signal>,
-    terminate: Option<tokio::signal::unix::Signal>,
-    /// A library caller's cancel token, heard as SIGTERM.
-    cancel: Option<tokio_util::sync::CancellationToken>,
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
 }
 
 impl SignalListener {
@@ -64,59 +62,56 @@ impl SignalListener {
     pub fn install() -> anyhow::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(SignalListener {
-            interrupt: Some(
-                signal(SignalKind::interrupt())
-                    .map_err(anyhow::Error::new)
-                    .map_err(|error| error.context("cannot listen for Ctrl-C"))?,
-            ),
-            terminate: Some(
-                signal(SignalKind::terminate())
-                    .map_err(anyhow::Error::new)
-                    .map_err(|error| error.context("cannot listen for SIGTERM"))?,
-            ),
-            cancel: None,
+            interrupt: signal(SignalKind::interrupt())
+                .map_err(anyhow::Error::new)
+                .map_err(|error| error.context("cannot listen for Ctrl-C"))?,
+            terminate: signal(SignalKind::terminate())
+                .map_err(anyhow::Error::new)
+                .map_err(|error| error.context("cannot listen for SIGTERM"))?,
         })
-    }
-
-    /// Listens to a cancel token instead of the process's signals.
-    pub fn from_token(cancel: tokio_util::sync::CancellationToken) -> Self {
-        SignalListener {
-            interrupt: None,
-            terminate: None,
-            cancel: Some(cancel),
-        }
     }
 
     /// Waits for the next signal (cancel-safe: dropping the future loses no signal).
     pub async fn recv(&mut self) -> Signal {
-        if let Some(cancel) = &self.cancel {
-            cancel.cancelled().await;
-            return Signal::Terminate;
-        }
-        let (Some(interrupt), Some(terminate)) = (&mut self.interrupt, &mut self.terminate) else {
-            return std::future::pending().await;
-        };
         tokio::select! {
-            _ = interrupt.recv() => Signal::Interrupt,
-            _ = terminate.recv() => Signal::Terminate,
+            _ = self.interrupt.recv() => Signal::Interrupt,
+            _ = self.terminate.recv() => Signal::Terminate,
         }
     }
 
     /// A signal that arrived since the last look, without waiting.
     pub fn pending(&mut self) -> Option<Signal> {
-        if let Some(cancel) = &self.cancel {
-            return cancel.is_cancelled().then_some(Signal::Terminate);
-        }
-        let (Some(interrupt), Some(terminate)) = (&mut self.interrupt, &mut self.terminate) else {
-            return None;
-        };
         let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-        if interrupt.poll_recv(&mut context).is_ready() {
+        if self.interrupt.poll_recv(&mut context).is_ready() {
             Some(Signal::Interrupt)
-        } else if terminate.poll_recv(&mut context).is_ready() {
+        } else if self.terminate.poll_recv(&mut context).is_ready() {
             Some(Signal::Terminate)
         } else {
             None
+        }
+    }
+}
+
+/// Runs `work` to its end while listening to `signals`: the first Ctrl-C or SIGTERM cancels
+/// `control` (naming the signal, which logs and the ledger repeat) and `work` goes on to
+/// finish what it read; later signals change nothing. Returns the first signal beside the
+/// result.
+pub async fn until_signal<T>(
+    signals: &mut SignalListener,
+    control: &ImportControl,
+    work: impl Future<Output = T>,
+) -> (T, Option<Signal>) {
+    tokio::pin!(work);
+    let mut first = None;
+    loop {
+        tokio::select! {
+            result = &mut work => return (result, first),
+            signal = signals.recv() => {
+                if first.is_none() {
+                    first = Some(signal);
+                    control.cancel_because(signal.name());
+                }
+            }
         }
     }
 }

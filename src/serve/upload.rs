@@ -57,6 +57,7 @@ pub(crate) async fn receive(
         let display_name = display_name(field.file_name());
         let partial = tempfile::Builder::new()
             .prefix("upload-")
+            .rand_bytes(16)
             .suffix(".part")
             .tempfile_in(directory)
             .map_err(|error| {

@@ -25,6 +25,9 @@ use crate::stats::ImportStats;
 /// The ledger's table, in the schema the user picks (`--ledger-schema`).
 const LEDGER_TABLE_NAME: &str = "runs";
 
+/// The run ledger's schema when none is given.
+pub const DEFAULT_LEDGER_SCHEMA: &str = "importer";
+
 /// Where the run ledger lives: the table `runs` of a schema (`importer` unless
 /// `--ledger-schema` or `IMPORTER_LEDGER_SCHEMA` says otherwise).
 #[derive(Debug, Clone, PartialEq, Eq)]

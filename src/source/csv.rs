@@ -415,7 +415,7 @@ fn read_text(bytes: &[u8], options: CsvOptions, header_row: u32) -> anyhow::Resu
     ));
     std::fs::write(&path, bytes).expect("temp file is writable");
     let spec = SourceSpec {
-        xlsx_reader: crate::cli::XlsxReader::Fast,
+        xlsx_reader: crate::source::XlsxReader::Fast,
         path: path.clone(),
         sheet: None,
         header_row,
@@ -552,7 +552,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let spec = SourceSpec {
-            xlsx_reader: crate::cli::XlsxReader::Fast,
+            xlsx_reader: crate::source::XlsxReader::Fast,
             path: "x.csv".into(),
             sheet: None,
             header_row: 1,

@@ -14,6 +14,7 @@ mod lifecycle;
 mod modes;
 mod nightly;
 mod rejects;
+mod serve;
 mod serve_page;
 mod strategies;
 mod util;

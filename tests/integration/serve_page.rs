@@ -12,50 +12,16 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 
-use crate::util::{TempDir, TestDb, fixture, importer_command, project_fixture};
+use crate::serve::Service;
+use crate::util::{TempDir, TestDb, fixture, project_fixture};
 
 /// How long a test waits for the page to show an import's result.
 const RESULT_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long chromedriver and the service get to come up.
+/// How long chromedriver and the page get to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 const INSTALL_HINT: &str = "the browser tests need Debian's chromium and chromedriver: run \
      `apt-get install -y chromium chromium-driver` (or `.ci/run --setup-only`, which installs them)";
-
-/// `importer serve` on a free port of 127.0.0.1, killed when dropped.
-struct Service {
-    child: Child,
-    base_url: String,
-}
-
-impl Service {
-    /// Starts the service for `database_url` with `args` on top of `--listen 127.0.0.1:0`.
-    fn start(database_url: &str, uploads: &Path, args: &[&str]) -> Service {
-        let uploads = uploads.to_str().expect("temp paths are UTF-8");
-        let mut command_args = vec!["serve", "--listen", "127.0.0.1:0", "--uploads", uploads];
-        command_args.extend_from_slice(args);
-        let mut command =
-            importer_command(&command_args, Some(database_url), &[("RUST_LOG", "info")]);
-        let mut child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the importer binary starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let address = read_line_until(stderr, "listening on http://", &mut child, "importer serve");
-        Service {
-            child,
-            base_url: format!("http://{address}"),
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
 
 /// Reads lines of `stream` (in a thread that keeps draining it afterwards, so the process
 /// never blocks on a full pipe) until one contains `marker`, and returns the word after it.
@@ -324,9 +290,8 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn page_uploads_a_workbook_and_shows_its_stats() {
     let db = TestDb::new();
-    let uploads = TempDir::new();
-    let service = Service::start(&db.url, &uploads.0, &["--table", "dataset"]);
-    let base_url = service.base_url.clone();
+    let service = Service::start(&db.url, &["--table", "dataset"]);
+    let base_url = service.base.clone();
     let workbook = fixture("dataset_xlsxwriter.xlsx");
 
     runtime().block_on(async {
@@ -442,9 +407,8 @@ fn page_uploads_a_workbook_and_shows_its_stats() {
 fn page_offers_the_rejects_of_a_file_with_rejected_rows_on_a_narrow_screen() {
     let db = TestDb::new();
     db.execute(&std::fs::read_to_string(project_fixture("businesses.sql")).expect("schema"));
-    let uploads = TempDir::new();
-    let service = Service::start(&db.url, &uploads.0, &["--table", "businesses"]);
-    let base_url = service.base_url.clone();
+    let service = Service::start(&db.url, &["--table", "businesses"]);
+    let base_url = service.base.clone();
     // the tutorial's workbook: 10,000 rows, 13 of them with an empty Name (NOT NULL)
     let workbook = project_fixture("businesses.xlsx");
 
@@ -561,14 +525,11 @@ fn page_offers_the_rejects_of_a_file_with_rejected_rows_on_a_narrow_screen() {
 #[test]
 fn page_asks_for_the_token_and_shows_the_services_error_plainly() {
     let db = TestDb::new();
-    let uploads = TempDir::new();
-    let token_file = uploads.path("token");
+    let secrets = TempDir::new();
+    let token_file = secrets.path("token");
     std::fs::write(&token_file, "page-test-token\n").expect("token file");
-    let uploads_dir = uploads.path("files");
-    std::fs::create_dir_all(&uploads_dir).expect("uploads dir");
     let service = Service::start(
         &db.url,
-        &uploads_dir,
         &[
             "--table",
             "dataset",
@@ -576,7 +537,7 @@ fn page_asks_for_the_token_and_shows_the_services_error_plainly() {
             token_file.to_str().expect("temp paths are UTF-8"),
         ],
     );
-    let base_url = service.base_url.clone();
+    let base_url = service.base.clone();
     let workbook = fixture("dataset_xlsxwriter.xlsx");
 
     runtime().block_on(async {
