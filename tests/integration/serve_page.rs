@@ -619,3 +619,80 @@ async fn wait_for_file(path: &Path) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[test]
+fn page_shows_the_rows_so_far_while_an_import_runs() {
+    const ROW_COUNT: u64 = 200_000;
+    let db = TestDb::new();
+    let dir = TempDir::new();
+    let csv = dir.path("big.csv");
+    let mut text = String::from("id,name,qty\n");
+    for row in 0..ROW_COUNT {
+        text.push_str(&format!("{row},name {row},{}\n", row % 97));
+    }
+    std::fs::write(&csv, text).expect("CSV written");
+    // small batches: the import takes long enough for the page to poll it several times
+    let service = Service::start(&db.url, &["--table", "big", "--batch-size", "200"]);
+    let base_url = service.base.clone();
+
+    runtime().block_on(async {
+        let browser = Browser::start(1024, 900).await;
+        browser
+            .run(|client, _downloads| async move {
+                open_page(&client, &base_url).await;
+                upload(&client, &csv).await;
+                let deadline = Instant::now() + RESULT_TIMEOUT;
+                let mut rows_seen_while_running = Vec::new();
+                loop {
+                    let state = client
+                        .execute(
+                            "return {done: !document.getElementById('result').hidden, \
+                                     read: document.getElementById('rows-read').textContent, \
+                                     bar: !document.getElementById('bar').hidden};",
+                            vec![],
+                        )
+                        .await
+                        .expect("the page answers a script");
+                    if state["done"] == true {
+                        break;
+                    }
+                    let read: u64 = state["read"]
+                        .as_str()
+                        .unwrap_or("")
+                        .replace(',', "")
+                        .parse()
+                        .unwrap_or_else(|_| panic!("rows read is a number: {state}"));
+                    if read > 0 && read < ROW_COUNT {
+                        assert_eq!(state["bar"], true, "a progress bar while running");
+                        rows_seen_while_running.push(read);
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "no result within {RESULT_TIMEOUT:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                assert!(
+                    !rows_seen_while_running.is_empty(),
+                    "the page showed rows read while the import ran"
+                );
+                assert!(
+                    rows_seen_while_running
+                        .windows(2)
+                        .all(|pair| pair[0] <= pair[1]),
+                    "rows read only grow: {rows_seen_while_running:?}"
+                );
+                wait_for_result(&client).await;
+                let stats = stats_table(&client).await;
+                assert_eq!(
+                    stats.get("total_records").and_then(|v| v.as_str()),
+                    Some("200,000"),
+                    "{stats:?}"
+                );
+                assert_eq!(text_of(&client, "#rows-read").await, "200,000");
+            })
+            .await;
+    });
+
+    assert_eq!(db.count("big"), ROW_COUNT as i64);
+}
