@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 
 use crate::serve::Service;
@@ -169,13 +170,23 @@ impl Browser {
         }
     }
 
-    /// Runs `test` against the page, then ends the session even when `test` panicked.
-    async fn run<F, Fut>(self, test: F)
+    /// Runs `test` against the page at `base_url`, then ends the session even when `test`
+    /// panicked.
+    async fn run<F, Fut>(self, base_url: &str, test: F)
     where
-        F: FnOnce(Client, PathBuf) -> Fut,
+        F: FnOnce(Page) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let outcome = tokio::spawn(test(self.client.clone(), self.downloads.0.clone())).await;
+        let page = Page {
+            client: self.client.clone(),
+            downloads: self.downloads.0.clone(),
+        };
+        let base_url = base_url.to_string();
+        let outcome = tokio::spawn(async move {
+            page.open(&base_url).await;
+            test(page).await
+        })
+        .await;
         self.client.close().await.ok();
         if let Err(error) = outcome {
             match error.try_into_panic() {
@@ -186,214 +197,261 @@ impl Browser {
     }
 }
 
-/// Text of the element `css` matches, waiting for it to exist.
-async fn text_of(client: &Client, css: &str) -> String {
-    let element = client
-        .wait()
-        .at_most(START_TIMEOUT)
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|error| panic!("no element {css} in the page ({error})"));
-    element
-        .text()
-        .await
-        .unwrap_or_else(|error| panic!("text of {css}: {error}"))
-}
-
-/// Waits until the page shows `#result` or an error, and fails with what it shows otherwise.
-async fn wait_for_result(client: &Client) {
-    let deadline = Instant::now() + RESULT_TIMEOUT;
-    loop {
-        let state = client
-            .execute(
-                "const shown = (id) => !document.getElementById(id).hidden; \
-                 return {result: shown('result'), error: shown('error') ? document.getElementById('error').textContent : null, \
-                         phase: document.getElementById('phase').textContent};",
-                vec![],
-            )
-            .await
-            .expect("the page answers a script");
-        if state["result"] == true {
-            return;
-        }
-        if let Some(error) = state["error"].as_str() {
-            panic!("the page shows an error instead of a result: {error}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no result in the page within {RESULT_TIMEOUT:?}; it says: {}",
-            state["phase"]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The stats table as (field, value) pairs, from its `data-field` rows.
-async fn stats_table(client: &Client) -> serde_json::Map<String, serde_json::Value> {
-    let fields = client
-        .execute(
-            "const out = {}; \
-             for (const row of document.querySelectorAll('#stats tbody tr')) \
-               out[row.dataset.field] = row.querySelector('td').textContent; \
-             return out;",
-            vec![],
-        )
-        .await
-        .expect("the page answers a script");
-    match fields {
-        serde_json::Value::Object(map) => map,
-        other => panic!("the stats table reads as {other}"),
-    }
-}
-
-/// Opens the page and waits until it has read `/config` (the method list is filled).
-async fn open_page(client: &Client, base_url: &str) {
-    client
-        .goto(&format!("{base_url}/"))
-        .await
-        .expect("the page loads");
-    client
-        .wait()
-        .at_most(START_TIMEOUT)
-        .for_element(Locator::Css("#method option"))
-        .await
-        .expect("the page fills the method list from GET /config");
-}
-
-/// Chooses `file` in the file field and sends the form.
-async fn upload(client: &Client, file: &Path) {
-    let path = file.canonicalize().expect("fixture exists");
-    client
-        .find(Locator::Id("file"))
-        .await
-        .expect("file field")
-        .send_keys(path.to_str().expect("fixture paths are UTF-8"))
-        .await
-        .expect("the file is chosen");
-    client
-        .find(Locator::Id("upload"))
-        .await
-        .expect("upload button")
-        .click()
-        .await
-        .expect("the form is sent");
-}
-
-fn runtime() -> tokio::runtime::Runtime {
+/// Opens a `width` x `height` browser on the page of `service` and runs `test` in it.
+fn with_page<F, Fut>(service: &Service, (width, height): (u32, u32), test: F)
+where
+    F: FnOnce(Page) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("test runtime starts")
+        .block_on(async {
+            Browser::start(width, height)
+                .await
+                .run(&service.base, test)
+                .await
+        });
+}
+
+/// The page in the browser, and what the tests read and do in it.
+struct Page {
+    client: Client,
+    /// Where the browser saves downloads.
+    downloads: PathBuf,
+}
+
+impl Page {
+    /// Opens the page and waits until it has read `/config` (the method list is filled).
+    async fn open(&self, base_url: &str) {
+        self.client
+            .goto(&format!("{base_url}/"))
+            .await
+            .expect("the page loads");
+        self.wait_for("#method option").await;
+    }
+
+    /// The element `css` matches, once it exists.
+    async fn wait_for(&self, css: &str) -> Element {
+        self.client
+            .wait()
+            .at_most(START_TIMEOUT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|error| panic!("no element {css} in the page ({error})"))
+    }
+
+    async fn element(&self, id: &str) -> Element {
+        self.client
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|error| panic!("no #{id} in the page ({error})"))
+    }
+
+    /// Text of the element `css` matches, waiting for it to exist.
+    async fn text(&self, css: &str) -> String {
+        self.wait_for(css)
+            .await
+            .text()
+            .await
+            .unwrap_or_else(|error| panic!("text of {css}: {error}"))
+    }
+
+    /// The current value of the form field `id`.
+    async fn value(&self, id: &str) -> String {
+        self.element(id)
+            .await
+            .prop("value")
+            .await
+            .unwrap_or_else(|error| panic!("value of #{id}: {error}"))
+            .unwrap_or_default()
+    }
+
+    /// Whether the element `id` is visible.
+    async fn shown(&self, id: &str) -> bool {
+        self.element(id)
+            .await
+            .is_displayed()
+            .await
+            .unwrap_or_else(|error| panic!("visibility of #{id}: {error}"))
+    }
+
+    async fn click(&self, id: &str) {
+        self.element(id)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|error| panic!("click on #{id}: {error}"));
+    }
+
+    async fn type_into(&self, id: &str, text: &str) {
+        let field = self.element(id).await;
+        field.clear().await.expect("the field clears");
+        field.send_keys(text).await.expect("typing works");
+    }
+
+    /// The value of a script run in the page.
+    async fn script(&self, source: &str) -> serde_json::Value {
+        self.client
+            .execute(source, vec![])
+            .await
+            .unwrap_or_else(|error| panic!("the page runs no script ({error}): {source}"))
+    }
+
+    /// Chooses `file` in the file field and sends the form.
+    async fn upload(&self, file: &Path) {
+        let path = file.canonicalize().expect("the file to upload exists");
+        self.element("file")
+            .await
+            .send_keys(path.to_str().expect("test paths are UTF-8"))
+            .await
+            .expect("the file is chosen");
+        self.click("upload").await;
+    }
+
+    /// Waits until the page shows `#result`, and fails with what it shows otherwise.
+    async fn wait_for_result(&self) {
+        let deadline = Instant::now() + RESULT_TIMEOUT;
+        loop {
+            let state = self
+                .script(
+                    "const shown = (id) => !document.getElementById(id).hidden; \
+                     return {result: shown('result'), \
+                             error: shown('error') ? document.getElementById('error').textContent : null, \
+                             phase: document.getElementById('phase').textContent};",
+                )
+                .await;
+            if state["result"] == true {
+                return;
+            }
+            if let Some(error) = state["error"].as_str() {
+                panic!("the page shows an error instead of a result: {error}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no result in the page within {RESULT_TIMEOUT:?}; it says: {}",
+                state["phase"]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The stats table as field -> shown text, from its `data-field` rows.
+    async fn stats(&self) -> serde_json::Map<String, serde_json::Value> {
+        let fields = self
+            .script(
+                "const out = {}; \
+                 for (const row of document.querySelectorAll('#stats tbody tr')) \
+                   out[row.dataset.field] = row.querySelector('td').textContent; \
+                 return out;",
+            )
+            .await;
+        match fields {
+            serde_json::Value::Object(map) => map,
+            other => panic!("the stats table reads as {other}"),
+        }
+    }
+
+    /// Checks the stats table shows `expected` (field, text) pairs.
+    async fn assert_stats(&self, expected: &[(&str, &str)]) {
+        let stats = self.stats().await;
+        for (field, text) in expected {
+            assert_eq!(
+                stats.get(*field).and_then(|value| value.as_str()),
+                Some(*text),
+                "{field} in the stats table {stats:?}"
+            );
+        }
+    }
+
+    /// The text of a file the browser downloaded, once it is complete.
+    async fn downloaded(&self, name: &str) -> String {
+        let path = self.downloads.join(name);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            // chromium writes NAME.crdownload and renames it when done
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} was not downloaded within {START_TIMEOUT:?}",
+                path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The workbook every writer wrote: 4 rows, all of them loadable into a created table.
+fn dataset_workbook() -> PathBuf {
+    fixture("dataset_xlsxwriter.xlsx")
 }
 
 #[test]
 fn page_uploads_a_workbook_and_shows_its_stats() {
     let db = TestDb::new();
     let service = Service::start(&db.url, &["--table", "dataset"]);
-    let base_url = service.base.clone();
-    let workbook = fixture("dataset_xlsxwriter.xlsx");
 
-    runtime().block_on(async {
-        let browser = Browser::start(1024, 900).await;
-        browser
-            .run(|client, _downloads| async move {
-                open_page(&client, &base_url).await;
-                let table = client
-                    .find(Locator::Id("table"))
-                    .await
-                    .expect("table field")
-                    .prop("value")
-                    .await
-                    .expect("table value");
-                assert_eq!(
-                    table.as_deref(),
-                    Some("dataset"),
-                    "prefilled from GET /config"
-                );
-                let method = client
-                    .find(Locator::Id("method"))
-                    .await
-                    .expect("method list")
-                    .prop("value")
-                    .await
-                    .expect("method value");
-                assert_eq!(
-                    method.as_deref(),
-                    Some("batch"),
-                    "the configured default method"
-                );
-                assert!(
-                    text_of(&client, "#table-hint").await.contains("dataset"),
-                    "the allowed table is shown"
-                );
-                assert!(
-                    !client
-                        .find(Locator::Id("token"))
-                        .await
-                        .expect("token field")
-                        .is_displayed()
-                        .await
-                        .expect("token field state"),
-                    "no token asked for on loopback without --token-file"
-                );
+    with_page(&service, (1024, 900), |page| async move {
+        assert_eq!(
+            page.value("table").await,
+            "dataset",
+            "prefilled from GET /config"
+        );
+        assert_eq!(
+            page.value("method").await,
+            "batch",
+            "the configured default method"
+        );
+        assert!(
+            page.text("#table-hint").await.contains("dataset"),
+            "the allowed table is shown"
+        );
+        assert!(
+            !page.shown("token").await,
+            "no token asked for on loopback without --token-file"
+        );
 
-                upload(&client, &workbook).await;
-                wait_for_result(&client).await;
+        page.upload(&dataset_workbook()).await;
+        page.wait_for_result().await;
+        page.assert_stats(&[
+            ("method", "batch"),
+            ("file", "dataset_xlsxwriter.xlsx"),
+            ("table", "dataset"),
+            ("total_records", "4"),
+            ("success_count", "4"),
+            ("error_count", "0"),
+            ("batch_size", "1,000"),
+        ])
+        .await;
+        let stats = page.stats().await;
+        for field in ["duration_seconds", "records_per_second", "workers"] {
+            assert!(stats.contains_key(field), "{field} in {stats:?}");
+        }
+        assert_eq!(
+            page.text("#outcome").await,
+            "Import completed successfully."
+        );
+        assert_eq!(page.text("#rows-written").await, "4");
+        assert!(
+            !page.shown("rejects-section").await,
+            "no rejects offered when every row is in"
+        );
 
-                let stats = stats_table(&client).await;
-                for (field, expected) in [
-                    ("method", "batch"),
-                    ("file", "dataset_xlsxwriter.xlsx"),
-                    ("table", "dataset"),
-                    ("total_records", "4"),
-                    ("success_count", "4"),
-                    ("error_count", "0"),
-                    ("batch_size", "1,000"),
-                ] {
-                    assert_eq!(
-                        stats.get(field).and_then(|v| v.as_str()),
-                        Some(expected),
-                        "{field} in {stats:?}"
-                    );
-                }
-                for field in ["duration_seconds", "records_per_second", "workers"] {
-                    assert!(stats.contains_key(field), "{field} in {stats:?}");
-                }
-                assert_eq!(
-                    text_of(&client, "#outcome").await,
-                    "Import completed successfully."
-                );
-                assert_eq!(text_of(&client, "#rows-written").await, "4");
-                assert!(
-                    !client
-                        .find(Locator::Id("rejects-section"))
-                        .await
-                        .expect("rejects section")
-                        .is_displayed()
-                        .await
-                        .expect("rejects section state"),
-                    "no rejects offered when every row is in"
-                );
-
-                // the page's address names the import, so a reload shows it again
-                let address = client.current_url().await.expect("page address");
-                assert!(
-                    address
-                        .fragment()
-                        .is_some_and(|fragment| fragment.starts_with("import-")),
-                    "{address}"
-                );
-                client.refresh().await.expect("the page reloads");
-                wait_for_result(&client).await;
-                let again = stats_table(&client).await;
-                assert_eq!(
-                    again.get("success_count"),
-                    stats.get("success_count"),
-                    "{again:?}"
-                );
-            })
-            .await;
+        // the page's address names the import, so a reload shows it again
+        let address = page.client.current_url().await.expect("page address");
+        assert!(
+            address
+                .fragment()
+                .is_some_and(|fragment| fragment.starts_with("import-")),
+            "{address}"
+        );
+        page.client.refresh().await.expect("the page reloads");
+        page.wait_for_result().await;
+        page.assert_stats(&[("success_count", "4")]).await;
     });
 
     assert_eq!(db.count("dataset"), 4, "the page's upload is in the table");
@@ -408,111 +466,86 @@ fn page_offers_the_rejects_of_a_file_with_rejected_rows_on_a_narrow_screen() {
     let db = TestDb::new();
     db.execute(&std::fs::read_to_string(project_fixture("businesses.sql")).expect("schema"));
     let service = Service::start(&db.url, &["--table", "businesses"]);
-    let base_url = service.base.clone();
-    // the tutorial's workbook: 10,000 rows, 13 of them with an empty Name (NOT NULL)
-    let workbook = project_fixture("businesses.xlsx");
 
-    runtime().block_on(async {
-        // a phone-sized window: the page must not need horizontal scrolling
-        let browser = Browser::start(390, 844).await;
-        browser
-            .run(|client, downloads| async move {
-                open_page(&client, &base_url).await;
-                client
-                    .find(Locator::Id("method"))
-                    .await
-                    .expect("method list")
-                    .select_by_value("copy")
-                    .await
-                    .expect("copy is offered");
-                upload(&client, &workbook).await;
-                wait_for_result(&client).await;
+    // a phone-sized window: the page must not need horizontal scrolling
+    with_page(&service, (390, 844), |page| async move {
+        page.element("method")
+            .await
+            .select_by_value("copy")
+            .await
+            .expect("copy is offered");
+        // the tutorial's workbook: 10,000 rows, 13 of them with an empty Name (NOT NULL)
+        page.upload(&project_fixture("businesses.xlsx")).await;
+        page.wait_for_result().await;
+        page.assert_stats(&[
+            ("method", "copy"),
+            ("file", "businesses.xlsx"),
+            ("table", "businesses"),
+            ("total_records", "10,000"),
+            ("success_count", "9,987"),
+            ("error_count", "13"),
+        ])
+        .await;
+        assert!(
+            page.text("#outcome").await.contains("13 rejected rows"),
+            "the outcome names the rejected rows"
+        );
 
-                let stats = stats_table(&client).await;
-                for (field, expected) in [
-                    ("method", "copy"),
-                    ("file", "businesses.xlsx"),
-                    ("table", "businesses"),
-                    ("total_records", "10,000"),
-                    ("success_count", "9,987"),
-                    ("error_count", "13"),
-                ] {
-                    assert_eq!(stats.get(field).and_then(|v| v.as_str()), Some(expected), "{field} in {stats:?}");
-                }
-                assert!(
-                    text_of(&client, "#outcome").await.contains("13 rejected rows"),
-                    "the outcome names the rejected rows"
-                );
-
-                // the first rejected rows, read from the service, with row number, column, reason
-                client
-                    .wait()
-                    .at_most(START_TIMEOUT)
-                    .for_element(Locator::Css("#rejects tbody tr"))
-                    .await
-                    .expect("the first rejected rows are listed");
-                let rejects = client
-                    .execute(
-                        "return [...document.querySelectorAll('#rejects tbody tr')] \
-                           .map((row) => [...row.cells].map((cell) => cell.textContent));",
-                        vec![],
-                    )
-                    .await
-                    .expect("the page answers a script");
-                let rejects = rejects.as_array().expect("rows");
-                assert_eq!(rejects.len(), 13, "{rejects:?}");
-                for reject in rejects {
-                    let row_number: u64 = reject[0].as_str().unwrap_or("").parse().unwrap_or_else(|_| {
-                        panic!("row number of {reject}")
-                    });
-                    assert!(row_number >= 2, "{reject}");
-                    assert!(!reject[2].as_str().unwrap_or("").is_empty(), "a reason: {reject}");
-                }
-
-                let download = client
-                    .find(Locator::Id("download-rejects"))
-                    .await
-                    .expect("download button");
-                assert!(
-                    download.is_displayed().await.expect("button state"),
-                    "the rejects download is offered"
-                );
-                download.click().await.expect("the download starts");
-                let link = client
-                    .wait()
-                    .at_most(START_TIMEOUT)
-                    .for_element(Locator::Css("#rejects-link:not([hidden])"))
-                    .await
-                    .expect("the page offers the fetched CSV as a file");
-                let name = link
-                    .attr("download")
-                    .await
-                    .expect("link attributes")
-                    .expect("a download name");
-                assert!(name.starts_with("rejects-") && name.ends_with(".csv"), "{name}");
-                let saved = wait_for_file(&downloads.join(&name)).await;
-                let mut lines = saved.lines();
-                assert!(
-                    lines
-                        .next()
-                        .is_some_and(|header| header.starts_with("row_number,column,reason")),
-                    "the contract's rejects header: {saved}"
-                );
-                assert_eq!(lines.count(), 13, "one line per rejected row");
-
-                let overflow = client
-                    .execute(
-                        "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
-                        vec![],
-                    )
-                    .await
-                    .expect("the page answers a script");
-                assert!(
-                    overflow.as_i64().unwrap_or(1) <= 0,
-                    "the page is wider than a 390-pixel screen by {overflow} pixels"
-                );
-            })
+        // the first rejected rows, read from the service: row number, column, reason
+        page.wait_for("#rejects tbody tr").await;
+        let rejects = page
+            .script(
+                "return [...document.querySelectorAll('#rejects tbody tr')] \
+                   .map((row) => [...row.cells].map((cell) => cell.textContent));",
+            )
             .await;
+        let rejects = rejects.as_array().expect("rows");
+        assert_eq!(rejects.len(), 13, "{rejects:?}");
+        for reject in rejects {
+            let row_number: u64 = reject[0]
+                .as_str()
+                .and_then(|text| text.parse().ok())
+                .unwrap_or_else(|| panic!("row number of {reject}"));
+            assert!(row_number >= 2, "below the header: {reject}");
+            assert!(
+                !reject[2].as_str().unwrap_or("").is_empty(),
+                "a reason: {reject}"
+            );
+        }
+
+        assert!(
+            page.shown("download-rejects").await,
+            "the rejects download is offered"
+        );
+        page.click("download-rejects").await;
+        let name = page
+            .wait_for("#rejects-link:not([hidden])")
+            .await
+            .attr("download")
+            .await
+            .expect("link attributes")
+            .expect("a download name");
+        assert!(
+            name.starts_with("rejects-") && name.ends_with(".csv"),
+            "{name}"
+        );
+        let saved = page.downloaded(&name).await;
+        let mut lines = saved.lines();
+        assert!(
+            lines
+                .next()
+                .is_some_and(|header| header.starts_with("row_number,column,reason")),
+            "the contract's rejects header: {saved}"
+        );
+        assert_eq!(lines.count(), 13, "one line per rejected row");
+
+        let overflow = page
+            .script("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
+            .await;
+        assert!(
+            overflow.as_i64().unwrap_or(1) <= 0,
+            "the page is wider than a 390-pixel screen by {overflow} pixels"
+        );
     });
 
     assert_eq!(
@@ -528,96 +561,39 @@ fn page_asks_for_the_token_and_shows_the_services_error_plainly() {
     let secrets = TempDir::new();
     let token_file = secrets.path("token");
     std::fs::write(&token_file, "page-test-token\n").expect("token file");
-    let service = Service::start(
-        &db.url,
-        &[
-            "--table",
-            "dataset",
-            "--token-file",
-            token_file.to_str().expect("temp paths are UTF-8"),
-        ],
-    );
-    let base_url = service.base.clone();
-    let workbook = fixture("dataset_xlsxwriter.xlsx");
+    let token_path = token_file.to_str().expect("temp paths are UTF-8");
+    let service = Service::start(&db.url, &["--table", "dataset", "--token-file", token_path]);
 
-    runtime().block_on(async {
-        let browser = Browser::start(1024, 900).await;
-        browser
-            .run(|client, _downloads| async move {
-                open_page(&client, &base_url).await;
-                let token = client
-                    .find(Locator::Id("token"))
-                    .await
-                    .expect("token field");
-                assert!(
-                    token.is_displayed().await.expect("token field state"),
-                    "GET /config says a token is required, so the page asks for it"
-                );
+    with_page(&service, (1024, 900), |page| async move {
+        assert!(
+            page.shown("token").await,
+            "GET /config says a token is required, so the page asks for it"
+        );
 
-                // a wrong token: the service's {"error": ...} is shown as it is
-                token.send_keys("not-the-token").await.expect("typing");
-                upload(&client, &workbook).await;
-                let error = client
-                    .wait()
-                    .at_most(START_TIMEOUT)
-                    .for_element(Locator::Css("#error:not([hidden])"))
-                    .await
-                    .expect("the refusal is shown")
-                    .text()
-                    .await
-                    .expect("error text");
-                assert!(
-                    !error.is_empty() && !error.contains('{'),
-                    "one plain line, not JSON: {error}"
-                );
-                assert!(
-                    error.to_lowercase().contains("token"),
-                    "the 401 says what is wrong: {error}"
-                );
+        // a wrong token: the service's {"error": ...} is shown as the line it is
+        page.type_into("token", "not-the-token").await;
+        page.upload(&dataset_workbook()).await;
+        let error = page.text("#error:not([hidden])").await;
+        assert!(
+            !error.is_empty() && !error.contains('{'),
+            "one plain line, not JSON: {error}"
+        );
+        assert!(
+            error.to_lowercase().contains("token"),
+            "the 401 says what is wrong: {error}"
+        );
 
-                token.clear().await.expect("clearing");
-                token.send_keys("page-test-token").await.expect("typing");
-                client
-                    .find(Locator::Id("upload"))
-                    .await
-                    .expect("upload button")
-                    .click()
-                    .await
-                    .expect("the form is sent again");
-                wait_for_result(&client).await;
-                let stats = stats_table(&client).await;
-                assert_eq!(
-                    stats.get("success_count").and_then(|v| v.as_str()),
-                    Some("4"),
-                    "{stats:?}"
-                );
-                let kept = client
-                    .execute("return sessionStorage.getItem('importer.token');", vec![])
-                    .await
-                    .expect("the page answers a script");
-                assert_eq!(kept, "page-test-token", "the token is kept for this tab");
-            })
+        page.type_into("token", "page-test-token").await;
+        page.click("upload").await;
+        page.wait_for_result().await;
+        page.assert_stats(&[("success_count", "4")]).await;
+        let kept = page
+            .script("return sessionStorage.getItem('importer.token');")
             .await;
+        assert_eq!(kept, "page-test-token", "the token is kept for this tab");
     });
 
     assert_eq!(db.count("dataset"), 4);
-}
-
-/// The text of a file the browser is downloading, once it is complete.
-async fn wait_for_file(path: &Path) -> String {
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        // chromium writes NAME.crdownload and renames it when done
-        if let Ok(text) = std::fs::read_to_string(path) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} was not downloaded within {START_TIMEOUT:?}",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[test]
@@ -633,65 +609,47 @@ fn page_shows_the_rows_so_far_while_an_import_runs() {
     std::fs::write(&csv, text).expect("CSV written");
     // small batches: the import takes long enough for the page to poll it several times
     let service = Service::start(&db.url, &["--table", "big", "--batch-size", "200"]);
-    let base_url = service.base.clone();
 
-    runtime().block_on(async {
-        let browser = Browser::start(1024, 900).await;
-        browser
-            .run(|client, _downloads| async move {
-                open_page(&client, &base_url).await;
-                upload(&client, &csv).await;
-                let deadline = Instant::now() + RESULT_TIMEOUT;
-                let mut rows_seen_while_running = Vec::new();
-                loop {
-                    let state = client
-                        .execute(
-                            "return {done: !document.getElementById('result').hidden, \
-                                     read: document.getElementById('rows-read').textContent, \
-                                     bar: !document.getElementById('bar').hidden};",
-                            vec![],
-                        )
-                        .await
-                        .expect("the page answers a script");
-                    if state["done"] == true {
-                        break;
-                    }
-                    let read: u64 = state["read"]
-                        .as_str()
-                        .unwrap_or("")
-                        .replace(',', "")
-                        .parse()
-                        .unwrap_or_else(|_| panic!("rows read is a number: {state}"));
-                    if read > 0 && read < ROW_COUNT {
-                        assert_eq!(state["bar"], true, "a progress bar while running");
-                        rows_seen_while_running.push(read);
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "no result within {RESULT_TIMEOUT:?}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                assert!(
-                    !rows_seen_while_running.is_empty(),
-                    "the page showed rows read while the import ran"
-                );
-                assert!(
-                    rows_seen_while_running
-                        .windows(2)
-                        .all(|pair| pair[0] <= pair[1]),
-                    "rows read only grow: {rows_seen_while_running:?}"
-                );
-                wait_for_result(&client).await;
-                let stats = stats_table(&client).await;
-                assert_eq!(
-                    stats.get("total_records").and_then(|v| v.as_str()),
-                    Some("200,000"),
-                    "{stats:?}"
-                );
-                assert_eq!(text_of(&client, "#rows-read").await, "200,000");
-            })
-            .await;
+    with_page(&service, (1024, 900), |page| async move {
+        page.upload(&csv).await;
+        let deadline = Instant::now() + RESULT_TIMEOUT;
+        let mut rows_seen_while_running = Vec::new();
+        loop {
+            let state = page
+                .script(
+                    "return {done: !document.getElementById('result').hidden, \
+                             read: document.getElementById('rows-read').textContent, \
+                             bar: !document.getElementById('bar').hidden};",
+                )
+                .await;
+            if state["done"] == true {
+                break;
+            }
+            let read: u64 = state["read"]
+                .as_str()
+                .and_then(|text| text.replace(',', "").parse().ok())
+                .unwrap_or_else(|| panic!("rows read is a number: {state}"));
+            if read > 0 && read < ROW_COUNT {
+                assert_eq!(state["bar"], true, "a progress bar while running");
+                rows_seen_while_running.push(read);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no result within {RESULT_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            !rows_seen_while_running.is_empty(),
+            "the page showed rows read while the import ran"
+        );
+        assert!(
+            rows_seen_while_running.is_sorted(),
+            "rows read only grow: {rows_seen_while_running:?}"
+        );
+        page.wait_for_result().await;
+        page.assert_stats(&[("total_records", "200,000")]).await;
+        assert_eq!(page.text("#rows-read").await, "200,000");
     });
 
     assert_eq!(db.count("big"), ROW_COUNT as i64);
