@@ -654,3 +654,45 @@ fn page_shows_the_rows_so_far_while_an_import_runs() {
 
     assert_eq!(db.count("big"), ROW_COUNT as i64);
 }
+
+#[test]
+fn page_refuses_a_file_over_the_upload_limit_before_sending_it() {
+    let db = TestDb::new();
+    let dir = TempDir::new();
+    let csv = dir.path("too_big.csv");
+    let mut text = String::from("id,note\n");
+    while text.len() <= 1024 * 1024 {
+        text.push_str(&format!("{},{}\n", text.len(), "x".repeat(100)));
+    }
+    std::fs::write(&csv, text).expect("CSV written");
+    let service = Service::start(&db.url, &["--table", "notes", "--max-upload-mb", "1"]);
+
+    with_page(&service, (1024, 900), |page| async move {
+        assert!(
+            page.text("#file-hint").await.contains("at most 1.0 MiB"),
+            "the limit from GET /config is shown"
+        );
+        page.upload(&csv).await;
+        let error = page.text("#error:not([hidden])").await;
+        assert!(
+            error.contains("too_big.csv") && error.contains("at most 1.0 MiB"),
+            "{error}"
+        );
+        assert!(
+            page.shown("upload").await
+                && page
+                    .element("upload")
+                    .await
+                    .is_enabled()
+                    .await
+                    .expect("button state"),
+            "the form stays usable"
+        );
+    });
+
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM pg_tables WHERE tablename = 'notes'"),
+        Some("0".to_string()),
+        "nothing was imported"
+    );
+}
