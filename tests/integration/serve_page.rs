@@ -172,10 +172,11 @@ impl Browser {
 
     /// Runs `test` against the page at `base_url`, then ends the session even when `test`
     /// panicked.
-    async fn run<F, Fut>(self, base_url: &str, test: F)
+    async fn run<F, Fut, T>(self, base_url: &str, test: F) -> T
     where
         F: FnOnce(Page) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
     {
         let page = Page {
             client: self.client.clone(),
@@ -188,20 +189,23 @@ impl Browser {
         })
         .await;
         self.client.close().await.ok();
-        if let Err(error) = outcome {
-            match error.try_into_panic() {
+        match outcome {
+            Ok(value) => value,
+            Err(error) => match error.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
                 Err(error) => panic!("the browser test did not finish: {error}"),
-            }
+            },
         }
     }
 }
 
-/// Opens a `width` x `height` browser on the page of `service` and runs `test` in it.
-fn with_page<F, Fut>(service: &Service, (width, height): (u32, u32), test: F)
+/// Opens a `width` x `height` browser on the page of `service`, runs `test` in it and
+/// returns what `test` returns.
+fn with_page<F, Fut, T>(service: &Service, (width, height): (u32, u32), test: F) -> T
 where
     F: FnOnce(Page) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
 {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -213,7 +217,7 @@ where
                 .await
                 .run(&service.base, test)
                 .await
-        });
+        })
 }
 
 /// The page in the browser, and what the tests read and do in it.
@@ -695,4 +699,77 @@ fn page_refuses_a_file_over_the_upload_limit_before_sending_it() {
         Some("0".to_string()),
         "nothing was imported"
     );
+}
+
+#[test]
+fn page_shows_an_import_again_after_the_service_restarted() {
+    let db = TestDb::new();
+    db.execute(&std::fs::read_to_string(project_fixture("businesses.sql")).expect("schema"));
+    let dir = TempDir::new();
+    let uploads = dir.path("uploads");
+    let csv = dir.path("people.csv");
+    // lines 3 and 5 have no name (NOT NULL); line 5's city spans two lines, so the rejects
+    // CSV the page reads back after the restart holds a quoted multi-line cell
+    std::fs::write(
+        &csv,
+        "name,city\nAlice,Paris\n,Nowhere\n\"Bob, \"\"the\"\" builder\",Lyon\n,\"two\nlines\"\n",
+    )
+    .expect("CSV written");
+    let args = ["--table", "businesses"];
+
+    let first = Service::start_with(&db.url, &args, &[], &uploads);
+    let import_id = with_page(&first, (1024, 900), move |page| async move {
+        page.upload(&csv).await;
+        page.wait_for_result().await;
+        page.assert_stats(&[("success_count", "2"), ("error_count", "2")])
+            .await;
+        let address = page.client.current_url().await.expect("page address");
+        address
+            .fragment()
+            .and_then(|fragment| fragment.strip_prefix("import-"))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("the address names the import: {address}"))
+    });
+    drop(first);
+
+    // the new service knows the import only from the run ledger and the kept rejects CSV
+    let second = Service::start_with(&db.url, &args, &[], &uploads);
+    let base = second.base.clone();
+    with_page(&second, (1024, 900), move |page| async move {
+        page.client
+            .goto(&format!("{base}/#import-{import_id}"))
+            .await
+            .expect("the import's address opens");
+        page.wait_for_result().await;
+        page.assert_stats(&[
+            ("file", "people.csv"),
+            ("total_records", "4"),
+            ("success_count", "2"),
+            ("error_count", "2"),
+        ])
+        .await;
+        page.wait_for("#rejects tbody tr").await;
+        let rejects = page
+            .script(
+                "return [...document.querySelectorAll('#rejects tbody tr')] \
+                   .map((row) => [...row.cells].map((cell) => cell.textContent));",
+            )
+            .await;
+        let rejects = rejects.as_array().expect("rows");
+        let row_numbers: Vec<&str> = rejects.iter().filter_map(|row| row[0].as_str()).collect();
+        assert_eq!(row_numbers, ["3", "5"], "{rejects:?}");
+        for reject in rejects {
+            assert_eq!(reject[1], "name", "{reject}");
+            assert!(
+                !reject[2].as_str().unwrap_or("").is_empty(),
+                "a reason: {reject}"
+            );
+        }
+        assert!(
+            page.shown("download-rejects").await,
+            "the rejects download is offered"
+        );
+    });
+
+    assert_eq!(db.count("businesses"), 2);
 }
