@@ -98,9 +98,8 @@ pub struct ImportFailure {
     pub kind: FailureKind,
     /// The error and its causes.
     pub error: anyhow::Error,
-    /// The stats, when rows were processed before the failure (boxed: a failure stays small,
-    /// and so do the results that carry one).
-    pub stats: Option<Box<ImportStats>>,
+    /// The stats, when rows were processed before the failure.
+    pub stats: Option<ImportStats>,
     /// The run's ledger id, when it was recorded.
     pub run_id: Option<i64>,
 }
@@ -196,7 +195,7 @@ impl ImportFailure {
         ImportFailure {
             kind: failure_kind(&error),
             error,
-            stats: stats.map(Box::new),
+            stats,
             run_id,
         }
     }

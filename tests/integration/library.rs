@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::util::{TempDir, TestDb};
 
 /// Runs one import on a runtime of its own, as a service's handler would.
+#[allow(clippy::result_large_err)] // the failure is what the test inspects, as returned
 fn import(options: ImportOptions, control: ImportControl) -> Result<ImportReport, ImportFailure> {
     let runtime = tokio::runtime::Runtime::new().expect("test runtime starts");
     runtime.block_on(import::run(options, control))
