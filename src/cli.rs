@@ -417,6 +417,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 24, value_name = "HOURS")]
     pub keep_rejects_hours: u64,
 
+    /// An upload into a table another import is loading waits up to SECONDS for it, then
+    /// gets 409 (0: 409 at once)
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub wait_lock: u64,
+
     /// Default method of an upload (?method= overrides it)
     #[arg(short, long, value_enum, default_value_t = Method::Batch)]
     pub method: Method,

@@ -54,6 +54,10 @@ pub use crate::strategy::Method;
 /// Runs one import to its end: the lock, the ledger row, the rows, the publish, the ledger's
 /// last word. Nothing is printed on stdout; logs go through `tracing`. A cancel of
 /// `control` ends it `Cancelled` (the rows already read are finished, the stats count them).
+///
+/// The future is not `Send` as rustc can prove it today (a higher-ranked lifetime limitation
+/// around sqlx's executors in the lock and swap phases): drive it with `block_on` on a thread
+/// of its own (`spawn_blocking` + `Handle::block_on`), or on a `LocalSet`.
 pub async fn run(
     options: ImportOptions,
     control: ImportControl,

@@ -42,9 +42,10 @@ fn config_of(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
     defaults.batch_size = args.batch_size;
     defaults.header_row = args.header_row;
     defaults.max_errors = args.max_errors;
+    defaults.wait_lock = Some(Duration::from_secs(args.wait_lock));
     defaults.create_table = !args.no_create;
     defaults.connect_timeout = Duration::from_secs(args.connect_timeout);
-    defaults.xlsx_reader = args.xlsx_reader.into();
+    defaults.xlsx_reader = args.xlsx_reader;
     defaults.ledger_schema = Some(args.ledger.ledger_schema.clone());
     defaults.kept_rejections = crate::serve::REJECTS_SHOWN;
     Ok(ServeConfig {

@@ -241,7 +241,8 @@ async fn blocking<T: Send + 'static>(
 ) -> anyhow::Result<T> {
     tokio::task::spawn_blocking(work)
         .await
-        .context("the file reader panicked")?
+        .context("the file reader panicked")
+        .failing_as(FailureKind::Internal)?
 }
 
 /// The number of available cores (the default worker count).

@@ -338,6 +338,8 @@ impl Imports {
 /// Runs [`run_until_shutdown`] on a blocking-pool thread of its own, driven by the service's
 /// runtime: the import's future is not `Send` as the compiler proves it (a higher-ranked
 /// lifetime limitation), so it cannot be a task of its own on the runtime's workers.
+// the failure is the import API's own type, moved once per import
+#[allow(clippy::result_large_err)]
 async fn run_on_own_thread(
     options: ImportOptions,
     control: ImportControl,
@@ -541,10 +543,11 @@ async fn keep_rejects(
             }
             _ => None,
         };
-        if kept.is_none() && partial.exists() {
-            if let Err(error) = std::fs::remove_file(&partial) {
-                warn!(error = %error, "cannot delete a rejects file");
-            }
+        if kept.is_none()
+            && partial.exists()
+            && let Err(error) = std::fs::remove_file(&partial)
+        {
+            warn!(error = %error, "cannot delete a rejects file");
         }
         prune_rejects(&uploads, retention);
         kept
@@ -574,16 +577,16 @@ pub(crate) fn prune_rejects(uploads: &Path, retention: Retention) {
             Some((modified, entry.path()))
         })
         .collect();
-    kept.sort_by(|a, b| b.0.cmp(&a.0));
+    kept.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
     let now = SystemTime::now();
     for (index, (modified, path)) in kept.iter().enumerate() {
         let too_old = now
             .duration_since(*modified)
             .is_ok_and(|age| age > retention.age);
-        if index >= retention.count || too_old {
-            if let Err(error) = std::fs::remove_file(path) {
-                warn!(error = %error, file = %path.display(), "cannot delete an old rejects file");
-            }
+        if (index >= retention.count || too_old)
+            && let Err(error) = std::fs::remove_file(path)
+        {
+            warn!(error = %error, file = %path.display(), "cannot delete an old rejects file");
         }
     }
 }

@@ -197,10 +197,10 @@ fn remove_leftover_uploads(uploads: &std::path::Path) {
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("upload-") || name.starts_with(".rejects-") {
-            if let Err(error) = std::fs::remove_file(entry.path()) {
-                warn!(error = %error, file = %entry.path().display(), "cannot delete a leftover upload");
-            }
+        if (name.starts_with("upload-") || name.starts_with(".rejects-"))
+            && let Err(error) = std::fs::remove_file(entry.path())
+        {
+            warn!(error = %error, file = %entry.path().display(), "cannot delete a leftover upload");
         }
     }
 }
