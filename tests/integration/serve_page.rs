@@ -708,17 +708,24 @@ fn page_shows_an_import_again_after_the_service_restarted() {
     let dir = TempDir::new();
     let uploads = dir.path("uploads");
     let csv = dir.path("people.csv");
-    // lines 3 and 5 have no name (NOT NULL); line 5's city spans two lines, so the rejects
-    // CSV the page reads back after the restart holds a quoted multi-line cell
+    // a title line above the header (header row 2); lines 4 and 6 have no name (NOT NULL),
+    // and line 6's city spans two lines, so the rejects CSV the page reads back after the
+    // restart holds a quoted multi-line cell
     std::fs::write(
         &csv,
-        "name,city\nAlice,Paris\n,Nowhere\n\"Bob, \"\"the\"\" builder\",Lyon\n,\"two\nlines\"\n",
+        "People,\nname,city\nAlice,Paris\n,Nowhere\n\"Bob, \"\"the\"\" builder\",Lyon\n,\"two\nlines\"\n",
     )
     .expect("CSV written");
     let args = ["--table", "businesses"];
 
     let first = Service::start_with(&db.url, &args, &[], &uploads);
     let import_id = with_page(&first, (1024, 900), move |page| async move {
+        page.wait_for("details summary")
+            .await
+            .click()
+            .await
+            .expect("more options open");
+        page.type_into("header-row", "2").await;
         page.upload(&csv).await;
         page.wait_for_result().await;
         page.assert_stats(&[("success_count", "2"), ("error_count", "2")])
@@ -757,7 +764,7 @@ fn page_shows_an_import_again_after_the_service_restarted() {
             .await;
         let rejects = rejects.as_array().expect("rows");
         let row_numbers: Vec<&str> = rejects.iter().filter_map(|row| row[0].as_str()).collect();
-        assert_eq!(row_numbers, ["3", "5"], "{rejects:?}");
+        assert_eq!(row_numbers, ["4", "6"], "{rejects:?}");
         for reject in rejects {
             assert_eq!(reject[1], "name", "{reject}");
             assert!(
