@@ -370,6 +370,31 @@ impl Page {
         }
     }
 
+    /// The rejected rows the page lists, once it lists any, as (row number, column,
+    /// reason); every one must have a reason.
+    async fn rejects(&self) -> Vec<(u64, String, String)> {
+        self.wait_for("#rejects tbody tr").await;
+        let rows = self
+            .script(
+                "return [...document.querySelectorAll('#rejects tbody tr')] \
+                   .map((row) => [...row.cells].map((cell) => cell.textContent));",
+            )
+            .await;
+        let rows: Vec<Vec<String>> =
+            serde_json::from_value(rows).expect("the rejects table reads as rows of text");
+        rows.into_iter()
+            .map(|cells| {
+                let [row_number, column, reason] = <[String; 3]>::try_from(cells)
+                    .unwrap_or_else(|cells| panic!("a rejected row has 3 cells: {cells:?}"));
+                let row_number = row_number
+                    .parse()
+                    .unwrap_or_else(|_| panic!("row number {row_number:?}"));
+                assert!(!reason.is_empty(), "a reason for row {row_number}");
+                (row_number, column, reason)
+            })
+            .collect()
+    }
+
     /// The text of a file the browser downloaded, once it is complete.
     async fn downloaded(&self, name: &str) -> String {
         let path = self.downloads.join(name);
@@ -496,26 +521,14 @@ fn page_offers_the_rejects_of_a_file_with_rejected_rows_on_a_narrow_screen() {
         );
 
         // the first rejected rows, read from the service: row number, column, reason
-        page.wait_for("#rejects tbody tr").await;
-        let rejects = page
-            .script(
-                "return [...document.querySelectorAll('#rejects tbody tr')] \
-                   .map((row) => [...row.cells].map((cell) => cell.textContent));",
-            )
-            .await;
-        let rejects = rejects.as_array().expect("rows");
+        let rejects = page.rejects().await;
         assert_eq!(rejects.len(), 13, "{rejects:?}");
-        for reject in rejects {
-            let row_number: u64 = reject[0]
-                .as_str()
-                .and_then(|text| text.parse().ok())
-                .unwrap_or_else(|| panic!("row number of {reject}"));
-            assert!(row_number >= 2, "below the header: {reject}");
-            assert!(
-                !reject[2].as_str().unwrap_or("").is_empty(),
-                "a reason: {reject}"
-            );
-        }
+        assert!(
+            rejects
+                .iter()
+                .all(|(row_number, column, _)| *row_number >= 2 && column == "name"),
+            "below the header, in name: {rejects:?}"
+        );
 
         assert!(
             page.shown("download-rejects").await,
@@ -755,23 +768,13 @@ fn page_shows_an_import_again_after_the_service_restarted() {
             ("error_count", "2"),
         ])
         .await;
-        page.wait_for("#rejects tbody tr").await;
-        let rejects = page
-            .script(
-                "return [...document.querySelectorAll('#rejects tbody tr')] \
-                   .map((row) => [...row.cells].map((cell) => cell.textContent));",
-            )
-            .await;
-        let rejects = rejects.as_array().expect("rows");
-        let row_numbers: Vec<&str> = rejects.iter().filter_map(|row| row[0].as_str()).collect();
-        assert_eq!(row_numbers, ["4", "6"], "{rejects:?}");
-        for reject in rejects {
-            assert_eq!(reject[1], "name", "{reject}");
-            assert!(
-                !reject[2].as_str().unwrap_or("").is_empty(),
-                "a reason: {reject}"
-            );
-        }
+        let rejects = page.rejects().await;
+        let row_numbers: Vec<u64> = rejects.iter().map(|(row_number, ..)| *row_number).collect();
+        assert_eq!(row_numbers, [4, 6], "{rejects:?}");
+        assert!(
+            rejects.iter().all(|(_, column, _)| column == "name"),
+            "{rejects:?}"
+        );
         assert!(
             page.shown("download-rejects").await,
             "the rejects download is offered"
