@@ -54,10 +54,7 @@ pub use crate::strategy::Method;
 /// Runs one import to its end: the lock, the ledger row, the rows, the publish, the ledger's
 /// last word. Nothing is printed on stdout; logs go through `tracing`. A cancel of
 /// `control` ends it `Cancelled` (the rows already read are finished, the stats count them).
-///
-/// The future is not `Send` as rustc can prove it today (a higher-ranked lifetime limitation
-/// around sqlx's executors in the lock and swap phases): drive it with `block_on` on a thread
-/// of its own (`spawn_blocking` + `Handle::block_on`), or on a `LocalSet`.
+/// The future is `Send`: a service spawns it on its runtime like any task.
 pub async fn run(
     options: ImportOptions,
     control: ImportControl,
@@ -428,4 +425,18 @@ fn unconfirmed_rows(stats: &ImportStats, at_most: u64, table: &TableName) -> Str
         "at least {} rows are in table {table} (confirmed), at most {at_most}; {} rejected; the server could not be reached again within --connect-timeout to count them exactly",
         stats.success_count, stats.error_count
     )
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(value: T) -> T {
+        value
+    }
+
+    #[test]
+    fn an_import_is_a_future_a_multi_threaded_runtime_can_spawn() {
+        let options = ImportOptions::new("never-read.csv".into(), "postgres://localhost/none");
+        drop(assert_send(run(options, ImportControl::new())));
+    }
 }

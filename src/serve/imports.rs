@@ -225,7 +225,7 @@ impl Imports {
         info!(file = %upload.display_name, bytes = upload.bytes, table = %entry.table, method = %entry.method, "import of an upload started");
         self.tracker.spawn(async move {
             let started = Instant::now();
-            let result = run_on_own_thread(options, control, shutdown).await;
+            let result = run_until_shutdown(options, control, shutdown).await;
             // the upload is deleted here, before anything else can fail
             drop(upload);
             let run_id = match &result {
@@ -333,31 +333,6 @@ impl Imports {
     pub fn running_count(&self) -> usize {
         self.max_concurrent - self.permits.available_permits()
     }
-}
-
-/// Runs [`run_until_shutdown`] on a blocking-pool thread of its own, driven by the service's
-/// runtime: the import's future is not `Send` as the compiler proves it (a higher-ranked
-/// lifetime limitation), so it cannot be a task of its own on the runtime's workers.
-// the failure is the import API's own type, moved once per import
-#[allow(clippy::result_large_err)]
-async fn run_on_own_thread(
-    options: ImportOptions,
-    control: ImportControl,
-    shutdown: CancellationToken,
-) -> Result<ImportReport, ImportFailure> {
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        runtime.block_on(run_until_shutdown(options, control, shutdown))
-    })
-    .await
-    .unwrap_or_else(|panic| {
-        Err(ImportFailure {
-            kind: crate::import::FailureKind::Internal,
-            error: anyhow::anyhow!("the import panicked: {panic}"),
-            stats: None,
-            run_id: None,
-        })
-    })
 }
 
 /// Runs one import; when the shutdown grace is over, cancels it naming the shutdown (the

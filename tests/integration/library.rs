@@ -17,11 +17,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::util::{TempDir, TestDb};
 
-/// Runs one import on a runtime of its own, as a service's handler would.
+/// Runs one import as a task on a runtime of its own, as a service's handler would.
 #[allow(clippy::result_large_err)] // the failure is what the test inspects, as returned
 fn import(options: ImportOptions, control: ImportControl) -> Result<ImportReport, ImportFailure> {
     let runtime = tokio::runtime::Runtime::new().expect("test runtime starts");
-    runtime.block_on(import::run(options, control))
+    // a task of its own on a multi-threaded runtime: the import's future is Send
+    runtime.block_on(async {
+        tokio::spawn(import::run(options, control))
+            .await
+            .expect("the import does not panic")
+    })
 }
 
 /// The options of a test import of `file` into `table` of `db`.

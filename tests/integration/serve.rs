@@ -777,6 +777,20 @@ fn sigterm_cancels_an_import_still_running_when_the_grace_is_over() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // live while it runs: the rows so far, no stats yet
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, live) = get_json(&service, &format!("/imports/{id}"), None);
+        assert_eq!(status, StatusCode::OK, "{live}");
+        assert_eq!(live["status"], "running", "{live}");
+        assert!(live["stats"].is_null(), "{live}");
+        assert_eq!(live["file"], "slow.xlsx", "{live}");
+        if live["rows"]["written"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no rows reported: {live}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     service.terminate();
     let exit = service.wait(Duration::from_secs(60));
     assert_eq!(exit.code(), Some(0), "{}", service.stderr());
@@ -821,6 +835,7 @@ fn an_import_is_found_after_the_service_restarted() {
     }
     assert_eq!(after["status"], "rejected_rows", "{after}");
     assert_eq!(after["method"], "batch", "{after}");
+    assert_eq!(after["file"], "nightly.xlsx", "{after}");
     assert_eq!(after["stats"]["total_records"], 200, "{after}");
     assert_eq!(after["rows"]["read"], 200, "{after}");
     assert_eq!(
