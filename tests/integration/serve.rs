@@ -680,6 +680,17 @@ fn a_token_is_required_and_checked() {
     let (status, config) = get_json(&service, "/config", None);
     assert_eq!(status, StatusCode::OK);
     assert_eq!(config["token_required"], true, "{config}");
+    assert_eq!(config["table"], "businesses", "{config}");
+    assert_eq!(
+        config["allowed_tables"],
+        serde_json::json!(["businesses"]),
+        "{config}"
+    );
+    assert_eq!(config["default_method"], "batch", "{config}");
+    let page = client().get(service.url("/")).send().unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.headers().contains_key("content-security-policy"));
+    assert!(page.text().unwrap().contains("<form"));
     assert!(!service.stderr().contains(token), "the token is logged");
     assert_eq!(db.count("businesses"), 20);
     // a token file does as well
