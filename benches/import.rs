@@ -69,6 +69,7 @@ fn benches(criterion: &mut Criterion) {
             connect_timeout: 30,
             csv: importer::cli::CsvArgs::default(),
             xlsx_reader: importer::cli::XlsxReader::Fast,
+            xls_reader: importer::cli::XlsReader::Fast,
         };
         group.bench_function(method.name(), |bencher| {
             bencher.iter_custom(|iterations| {

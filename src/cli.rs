@@ -115,6 +115,16 @@ pub enum XlsxReader {
     Calamine,
 }
 
+/// Which reader reads .xls files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum XlsReader {
+    /// Our streaming BIFF8 reader: rows as the records come, no grid of the sheet
+    #[default]
+    Fast,
+    /// calamine's reader (in a contained child process), for a file the fast reader gets wrong
+    Calamine,
+}
+
 /// How logs are written on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -177,6 +187,9 @@ pub struct ImportArgs {
     /// Reader of .xlsx/.xlsm files: fast (our own) or calamine
     #[arg(long, value_enum, default_value_t = XlsxReader::Fast)]
     pub xlsx_reader: XlsxReader,
+    /// Reader of .xls files: fast (our own) or calamine
+    #[arg(long, value_enum, default_value_t = XlsReader::Fast)]
+    pub xls_reader: XlsReader,
 }
 
 /// What a run does to the rows already in the table.

@@ -23,6 +23,7 @@ mod isolated;
 mod ods;
 mod sniff;
 mod stdin;
+mod xls;
 mod xlsx;
 
 pub use csv::CsvOptions;
@@ -40,7 +41,7 @@ use calamine::{
     CellErrorType, Data, DataRef, ExcelDateTime, Range, Reader, Sheets, open_workbook_auto,
 };
 
-use crate::cli::XlsxReader;
+use crate::cli::{XlsReader, XlsxReader};
 use crate::convert::{Rejection, cell_text};
 use crate::message::{quoted, shown_path};
 
@@ -95,6 +96,8 @@ pub struct SourceSpec {
     pub csv: CsvOptions,
     /// Which reader reads .xlsx and .xlsm files.
     pub xlsx_reader: XlsxReader,
+    /// Which reader reads .xls files.
+    pub xls_reader: XlsReader,
 }
 
 /// One non-blank row of the sheet.
@@ -205,6 +208,15 @@ pub fn read_rows(
         && matches!(extension(path).as_deref(), Some("xlsx" | "xlsm"))
     {
         return read_xlsx(spec, &mut rows);
+    }
+    if spec.xls_reader == XlsReader::Fast && extension(path).as_deref() == Some("xls") {
+        match xls::XlsWorkbook::open(path)? {
+            xls::Opened::Biff8(workbook) => return read_xls(spec, *workbook, &mut rows),
+            // Excel 5/95 and older: calamine reads them (contained, as below)
+            xls::Opened::OlderBiff(version) => {
+                tracing::debug!(version, "an .xls older than BIFF8 goes to calamine");
+            }
+        }
     }
     if extension(path).as_deref() == Some("ods") {
         let mut workbook = ods::OdsWorkbook::open(path)?;
@@ -347,6 +359,25 @@ fn read_xlsx(spec: &SourceSpec, rows: &mut RowAssembler<'_>) -> anyhow::Result<S
     Ok(SheetSummary {
         sheet_name,
         declared_last_row: read.declared_last_row,
+    })
+}
+
+/// Reads a BIFF8 .xls with our own reader (`xls`).
+fn read_xls(
+    spec: &SourceSpec,
+    mut workbook: xls::XlsWorkbook,
+    rows: &mut RowAssembler<'_>,
+) -> anyhow::Result<SheetSummary> {
+    let sheet_name = pick_sheet(&workbook.sheet_names(), spec.sheet.as_deref(), &spec.path)?;
+    workbook.read_sheet(&sheet_name, &mut |position, cell| {
+        rows.push(position, cell);
+        rows.flow()
+    })?;
+    rows.finish()
+        .with_context(|| sheet_context(&sheet_name, &spec.path))?;
+    Ok(SheetSummary {
+        sheet_name,
+        declared_last_row: None,
     })
 }
 
@@ -833,6 +864,7 @@ mod tests {
                 header_row: 1,
                 csv: CsvOptions::default(),
                 xlsx_reader: XlsxReader::Calamine,
+                xls_reader: XlsReader::Calamine,
             };
             let message = format!("{:#}", read_header(&spec).unwrap_err());
             let prefix = format!(

@@ -420,6 +420,7 @@ pub async fn prepare(args: &ImportArgs) -> anyhow::Result<Prepared> {
         header_row: args.header_row,
         csv: csv_options(args),
         xlsx_reader: args.xlsx_reader,
+        xls_reader: args.xls_reader,
     };
     let header = blocking({
         let source = source.clone();

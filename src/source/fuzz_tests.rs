@@ -113,6 +113,7 @@ fn mutate(bytes: &mut Vec<u8>, rng: &mut ChaCha8Rng) {
 fn check_read(path: &Path, label: &str) {
     let spec = SourceSpec {
         xlsx_reader: crate::cli::XlsxReader::Fast,
+        xls_reader: crate::cli::XlsReader::Fast,
         path: path.to_path_buf(),
         sheet: None,
         header_row: 1,
