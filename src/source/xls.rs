@@ -131,6 +131,8 @@ pub(super) struct Globals {
 /// An open BIFF8 workbook: globals read, each sheet read streams its records.
 pub(crate) struct XlsWorkbook {
     path: PathBuf,
+    /// The stream reads through it: it must outlive `records`.
+    _container: cfb::CompoundFile<File>,
     records: Records<Stream>,
     sheets: Vec<SheetEntry>,
     globals: Globals,
@@ -172,6 +174,7 @@ impl XlsWorkbook {
         };
         Ok(Opened::Biff8(Box::new(XlsWorkbook {
             path: path.to_path_buf(),
+            _container: container,
             records,
             sheets,
             globals,

@@ -16,4 +16,5 @@ mod nightly;
 mod rejects;
 mod strategies;
 mod util;
+mod xls_reader;
 mod xlsx_reader;
