@@ -1,10 +1,11 @@
 //! The reader: opens a workbook (calamine) or a CSV file, picks the sheet, and yields its
 //! non-blank rows from the header row down as [`SheetRow`]s with 1-based row numbers.
 //!
-//! Blocking: call it from `spawn_blocking` or a plain thread. .xlsx/.xlsm and .xlsb are
-//! streamed cell by cell (calamine's cell reader) and .ods by our own reader (`ods`, since
-//! calamine's parses every sheet into a dense grid at open), so memory does not grow with
-//! the row count; .xls is materialised by calamine as a range first. Every format feeds
+//! Blocking: call it from `spawn_blocking` or a plain thread. .xlsx/.xlsm (`xlsx`), .xls
+//! (`xls`, BIFF8) and .ods (`ods`) are streamed cell by cell by readers of our own, and
+//! .xlsb by calamine's cell reader, so memory does not grow with the row count; only an
+//! .xls read by calamine (`--xls-reader calamine`, or one older than BIFF8) is
+//! materialised as a range first. Every format feeds
 //! one `RowAssembler`, so blank rows, the header row, row numbers and the text limits
 //! ([`MAX_CELL_TEXT_BYTES`], [`MAX_ROW_TEXT_BYTES`]) are handled once. It knows nothing of
 //! tables or types: `pipeline` converts what it yields. CSV is read by `csv` (delimiter,
