@@ -47,8 +47,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
 
-use super::xlsx::{CellFormat, builtin_format_by_id, detect_custom_number_format};
 use super::CellEmitter;
+use super::xlsx::{CellFormat, builtin_format_by_id, detect_custom_number_format};
 use crate::message::shown_path;
 use records::{Cursor, Records};
 
@@ -154,8 +154,7 @@ impl XlsWorkbook {
                 shown_path(path)
             )
         };
-        let file =
-            File::open(path).with_context(|| format!("cannot open {}", shown_path(path)))?;
+        let file = File::open(path).with_context(|| format!("cannot open {}", shown_path(path)))?;
         let mut container = cfb::CompoundFile::open(file)
             .map_err(|error| anyhow!(crate::message::shown(&error.to_string())))
             .with_context(unreadable)?;

@@ -234,7 +234,11 @@ fn formula(row: u16, column: u16, result: [u8; 8]) -> Vec<u8> {
 /// Every cell record kind, the rows written in order or not.
 fn every_cell_kind(in_order: bool) -> Vec<Vec<u8>> {
     let mut mulrk = cell_head(3, 0, 0)[..4].to_vec();
-    for (xf, rk) in [(0u16, (7u32 << 2) | 2), (0, (1234 << 2) | 3), (1, (45000 << 2) | 2)] {
+    for (xf, rk) in [
+        (0u16, (7u32 << 2) | 2),
+        (0, (1234 << 2) | 3),
+        (1, (45000 << 2) | 2),
+    ] {
         mulrk.extend(xf.to_le_bytes());
         mulrk.extend(rk.to_le_bytes());
     }
@@ -255,16 +259,12 @@ fn every_cell_kind(in_order: bool) -> Vec<Vec<u8>> {
         record(0x0205, &boolean),
         record(0x0205, &error),
     ];
-    let (first, second, last): (&[Vec<u8>], &[Vec<u8>], &[Vec<u8>]) = if in_order {
-        (&header, &row_1, &[])
+    let mut records: Vec<Vec<u8>> = if in_order {
+        [&header[..], &row_1, &row_2].concat()
     } else {
         // row 2 before row 1, the header last
-        (&row_2, &row_1, &header)
+        [&row_2[..], &row_1].concat()
     };
-    let mut records: Vec<Vec<u8>> = [first, second].concat();
-    if in_order {
-        records.extend(row_2);
-    }
     records.extend([
         record(0x00BD, &mulrk),
         record(0x0204, &label),
@@ -284,7 +284,9 @@ fn every_cell_kind(in_order: bool) -> Vec<Vec<u8>> {
         number(0, 9, 0, 99.0),
         record(0x000A, &[]),
     ]);
-    records.extend_from_slice(last);
+    if !in_order {
+        records.extend(header);
+    }
     records
 }
 
@@ -316,7 +318,11 @@ fn a_handmade_biff8_workbook_reads_the_same_with_both_readers() {
             "{label}"
         );
         assert_eq!(rows[2].cells, [text("abcdéfghi"), text("ok")], "{label}");
-        assert_eq!(rows[3].cells[..2], [Data::Int(7), Data::Float(12.34)], "{label}");
+        assert_eq!(
+            rows[3].cells[..2],
+            [Data::Int(7), Data::Float(12.34)],
+            "{label}"
+        );
         assert!(matches!(rows[3].cells[2], Data::DateTime(_)), "{label}");
         assert_eq!(rows[4].cells[0], text("Ελληνικά"), "{label}");
         assert!(matches!(rows[4].cells[1], Data::DateTime(_)), "{label}");
@@ -339,11 +345,17 @@ fn a_shared_string_index_past_the_table_is_an_error_naming_the_cell() {
     let path = dir.path("past.xls");
     write_xls(
         &path,
-        &biff8_stream(&split_shared_strings(), &[label_sst(0, 0, 0), label_sst(1, 2, 40)]),
+        &biff8_stream(
+            &split_shared_strings(),
+            &[label_sst(0, 0, 0), label_sst(1, 2, 40)],
+        ),
     );
     let error = read_all(&path, "Data", XlsReader::Fast).expect_err("the index is refused");
     assert!(error.contains("cell C2"), "{error}");
-    assert!(error.contains("past the end of the table (4 entries)"), "{error}");
+    assert!(
+        error.contains("past the end of the table (4 entries)"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -354,7 +366,13 @@ fn an_encrypted_xls_is_one_clear_error() {
     // RC4 encryption: wEncryptionType 1, then its header (not needed to refuse it)
     let filepass = record(0x002F, &[1, 0, 1, 0, 1, 0]);
     write_xls(&path, &biff8_stream(&[filepass], &[label_sst(0, 0, 0)]));
-    let run = db.importer(&["run", "--dry-run", "-t", "fz", path.to_str().expect("UTF-8")]);
+    let run = db.importer(&[
+        "run",
+        "--dry-run",
+        "-t",
+        "fz",
+        path.to_str().expect("UTF-8"),
+    ]);
     let line = fatal_error_line(&run);
     assert!(line.contains("is encrypted (password protected)"), "{line}");
     assert!(!line.contains('\n'), "{line}");
@@ -383,7 +401,9 @@ fn an_xls_older_than_biff8_is_read_by_calamine_with_either_reader() {
     stream.extend(number(1, 0, 0, 3.0));
     stream.extend(record(0x000A, &[]));
     let mut container = cfb::create(&path).expect("the compound file is created");
-    let mut book = container.create_stream("/Book").expect("the stream is created");
+    let mut book = container
+        .create_stream("/Book")
+        .expect("the stream is created");
     book.write_all(&stream).expect("the stream is written");
     drop(book);
     container.flush().expect("the compound file is written");

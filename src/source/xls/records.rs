@@ -267,7 +267,9 @@ impl<'a> Cursor<'a> {
             }
             remaining -= count;
         }
-        text.extend(char::decode_utf16(units.iter().copied()).map(|unit| unit.unwrap_or('\u{FFFD}')));
+        text.extend(
+            char::decode_utf16(units.iter().copied()).map(|unit| unit.unwrap_or('\u{FFFD}')),
+        );
         Ok(())
     }
 

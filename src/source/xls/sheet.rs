@@ -30,7 +30,9 @@ const LABELSST: u16 = 0x00FD;
 const MULRK: u16 = 0x00BD;
 
 /// The records that hold cells (STRING holds the value of the FORMULA before it).
-const CELL_RECORDS: [u16; 8] = [FORMULA, NUMBER, LABEL, BOOLERR, RK, RSTRING, LABELSST, MULRK];
+const CELL_RECORDS: [u16; 8] = [
+    FORMULA, NUMBER, LABEL, BOOLERR, RK, RSTRING, LABELSST, MULRK,
+];
 
 /// A decoded cell: its value, or the index of its shared string.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,7 +104,8 @@ fn next_sheet_record<'a, R: Read + Seek>(
     sheet: &mut SheetState,
 ) -> anyhow::Result<Option<Record<'a>>> {
     loop {
-        let keep = |kind| kind == BOF || kind == EOF || kind == STRING || CELL_RECORDS.contains(&kind);
+        let keep =
+            |kind| kind == BOF || kind == EOF || kind == STRING || CELL_RECORDS.contains(&kind);
         let Some(kind) = records.next(keep, |_| MAX_RECORD_BYTES)? else {
             return Ok(None);
         };
@@ -186,7 +189,12 @@ fn decode_record(
             sheet.text.clear();
             cursor
                 .unicode_string(&mut sheet.text, &mut sheet.units)
-                .with_context(|| format!("bad STRING record for cell {}", cell_name(position.0, position.1)))?;
+                .with_context(|| {
+                    format!(
+                        "bad STRING record for cell {}",
+                        cell_name(position.0, position.1)
+                    )
+                })?;
             decoded.push((position, Value::Data(Data::String(sheet.text.clone()))));
         }
         return Ok(());
@@ -195,7 +203,13 @@ fn decode_record(
     let row = u32::from(cursor.u16().with_context(bad)?);
     let column = u32::from(cursor.u16().with_context(bad)?);
     let position = (row, column);
-    let at = || format!("bad {} record at cell {}", record_name(record.kind), cell_name(row, column));
+    let at = || {
+        format!(
+            "bad {} record at cell {}",
+            record_name(record.kind),
+            cell_name(row, column)
+        )
+    };
     // a FORMULA's string result is only in the STRING record right after it
     sheet.pending_string = None;
     let format = |xf: u16| globals.formats.get(usize::from(xf)).copied();
@@ -213,7 +227,7 @@ fn decode_record(
         MULRK => {
             // column of the first cell, then (xf, rk) pairs, then the last column
             let pairs = record.body.len().saturating_sub(6);
-            if record.body.len() < 6 || pairs % 6 != 0 {
+            if record.body.len() < 6 || !pairs.is_multiple_of(6) {
                 bail!("{}: {} bytes", at(), record.body.len());
             }
             let last_column = u32::from(u16::from_le_bytes([
@@ -222,7 +236,10 @@ fn decode_record(
             ]));
             let count = pairs / 6;
             if last_column < column || (last_column - column + 1) as usize != count {
-                bail!("{}: columns {column} to {last_column} in {count} cells", at());
+                bail!(
+                    "{}: columns {column} to {last_column} in {count} cells",
+                    at()
+                );
             }
             for offset in 0..count as u32 {
                 let xf = cursor.u16().with_context(at)?;
@@ -307,7 +324,11 @@ fn rk_cell(rk: u32, format: Option<CellFormat>, is_1904: bool) -> Data {
         };
     }
     let number = f64::from_bits(u64::from(rk & 0xFFFF_FFFC) << 32);
-    number_cell(if divided { number / 100.0 } else { number }, format, is_1904)
+    number_cell(
+        if divided { number / 100.0 } else { number },
+        format,
+        is_1904,
+    )
 }
 
 /// The error of a BOOLERR or FORMULA error code.
