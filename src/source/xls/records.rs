@@ -218,10 +218,13 @@ impl<'a> Cursor<'a> {
 
     /// The end of the continuation segment the cursor is in.
     fn segment_end(&self) -> usize {
+        // binary search: an SST of many megabytes has thousands of continuations
+        let next = self
+            .boundaries
+            .partition_point(|boundary| *boundary <= self.offset);
         self.boundaries
-            .iter()
+            .get(next)
             .copied()
-            .find(|boundary| *boundary > self.offset)
             .unwrap_or(self.body.len())
     }
 
