@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use importer::cli::{GenerateArgs, ImportArgs, Method};
-use importer::cmd::run::{build_job, prepare, run_job};
+use importer::cli::GenerateArgs;
+use importer::import::load::run_job;
+use importer::import::prepare::{build_job, prepare};
+use importer::import::{ImportControl, ImportOptions, Method};
 use importer::rejects::RejectLog;
 use sqlx::Executor;
 use tokio_util::sync::CancellationToken;
@@ -57,24 +59,15 @@ fn benches(criterion: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
     for method in Method::ALL {
-        let args = ImportArgs {
-            file: workbook.clone(),
+        let options = ImportOptions {
             table: Some(format!("{schema}.businesses")),
-            sheet: None,
-            header_row: 1,
-            workers: None,
-            batch_size: 1000,
-            database_url: Some(database_url.clone()),
-            no_create: true,
-            connect_timeout: 30,
-            csv: importer::cli::CsvArgs::default(),
-            xlsx_reader: importer::cli::XlsxReader::Fast,
-            xls_reader: importer::cli::XlsReader::Fast,
+            create_table: false,
+            ..ImportOptions::new(workbook.clone(), database_url.clone())
         };
         group.bench_function(method.name(), |bencher| {
             bencher.iter_custom(|iterations| {
                 runtime.block_on(async {
-                    let prepared = prepare(&args).await.expect("bench import is prepared");
+                    let prepared = prepare(&options).await.expect("bench import is prepared");
                     let table = prepared.existing.clone().expect("bench table exists");
                     let mut elapsed = Duration::ZERO;
                     for _ in 0..iterations {
@@ -89,9 +82,8 @@ fn benches(criterion: &mut Criterion) {
                             build_job(&prepared, table.clone(), method, 1000, rejects, cancel)
                                 .expect("bench job");
                         let started = Instant::now();
-                        let (report, _) = run_job(method, job, false)
-                            .await
-                            .expect("bench import runs");
+                        let control = ImportControl::new();
+                        let (report, _) = run_job(method, job, false, &control).await;
                         elapsed += started.elapsed();
                         assert!(report.error.is_none(), "bench import failed");
                         assert_eq!(report.tally.success_count, ROW_COUNT);

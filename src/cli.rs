@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use encoding_rs::Encoding;
 
-/// The server of docker-compose.yml; used when neither --database-url, DATABASE_URL nor any
-/// `PG*` variable (PGHOST, PGUSER, ...) is set.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://importer:importer@localhost:5432/importer";
+use crate::{import, strategy};
+
+pub use crate::sink::conninfo::DEFAULT_DATABASE_URL;
+pub use crate::sink::ledger::DEFAULT_LEDGER_SCHEMA;
 
 /// Load spreadsheets (xlsx, xlsm, xlsb, xls, ods, csv) into PostgreSQL.
 #[derive(Debug, Parser)]
@@ -93,36 +94,57 @@ impl Method {
         Method::Batch,
         Method::Copy,
     ];
+}
 
-    /// The contract's name of the method (CLI value and JSON `method`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Sequential => "sequential",
-            Method::Concurrent => "concurrent",
-            Method::Batch => "batch",
-            Method::Copy => "copy",
+impl From<Method> for strategy::Method {
+    fn from(method: Method) -> Self {
+        match method {
+            Method::Sequential => strategy::Method::Sequential,
+            Method::Concurrent => strategy::Method::Concurrent,
+            Method::Batch => strategy::Method::Batch,
+            Method::Copy => strategy::Method::Copy,
         }
     }
 }
 
-/// Which reader reads .xlsx and .xlsm files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum XlsxReader {
-    /// Our streaming reader: shared strings and sheet parsed concurrently
-    #[default]
-    Fast,
-    /// calamine's cell reader, for a file the fast reader gets wrong
-    Calamine,
+/// Which reader reads .xlsx and .xlsm files: the core's enum, whose clap values are
+/// described here so that the core knows nothing of clap.
+pub use crate::source::XlsxReader;
+
+impl ValueEnum for XlsxReader {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[XlsxReader::Fast, XlsxReader::Calamine]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            XlsxReader::Fast => PossibleValue::new("fast")
+                .help("Our streaming reader: shared strings and sheet parsed concurrently"),
+            XlsxReader::Calamine => PossibleValue::new("calamine")
+                .help("calamine's cell reader, for a file the fast reader gets wrong"),
+        })
+    }
 }
 
-/// Which reader reads .xls files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum XlsReader {
-    /// Our streaming BIFF8 reader: rows as the records come, no grid of the sheet
-    #[default]
-    Fast,
-    /// calamine's reader (in a contained child process), for a file the fast reader gets wrong
-    Calamine,
+/// Which reader reads .xls files: the core's enum, whose clap values are described here.
+pub use crate::source::XlsReader;
+
+impl ValueEnum for XlsReader {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[XlsReader::Fast, XlsReader::Calamine]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            XlsReader::Fast => PossibleValue::new("fast")
+                .help("Our streaming BIFF8 reader: rows as the records come, no grid of the sheet"),
+            XlsReader::Calamine => PossibleValue::new("calamine").help(
+                "calamine's reader (in a contained child process), for a file the fast reader gets wrong",
+            ),
+        })
+    }
 }
 
 /// How logs are written on stderr.
@@ -203,13 +225,12 @@ pub enum Mode {
     Upsert,
 }
 
-impl Mode {
-    /// The mode's name, as on the command line and in the run ledger.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Append => "append",
-            Mode::Replace => "replace",
-            Mode::Upsert => "upsert",
+impl From<Mode> for import::Mode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Append => import::Mode::Append,
+            Mode::Replace => import::Mode::Replace,
+            Mode::Upsert => import::Mode::Upsert,
         }
     }
 }
@@ -306,7 +327,7 @@ impl RunArgs {
                 clap::error::ErrorKind::ArgumentConflict,
                 format!(
                     "--key is only used with --mode upsert, not with --mode {}",
-                    self.mode.name()
+                    import::Mode::from(self.mode).name()
                 ),
             ));
         }
@@ -334,9 +355,6 @@ fn run_usage_error(kind: clap::error::ErrorKind, message: String) -> clap::Error
         None => command.error(kind, message),
     }
 }
-
-/// The run ledger's schema when neither --ledger-schema nor IMPORTER_LEDGER_SCHEMA is set.
-pub const DEFAULT_LEDGER_SCHEMA: &str = "importer";
 
 fn parse_schema_name(text: &str) -> Result<String, String> {
     if text.is_empty() {

@@ -8,6 +8,7 @@
 use calamine::Data;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime};
 
+use crate::dates::{cell_datetime, parse_naive_datetime};
 use crate::schema::{Column, ColumnType, is_i64};
 
 /// A converted cell in PostgreSQL's text input form for its column, or `None` for NULL.
@@ -153,16 +154,6 @@ fn duration_text(milliseconds: f64) -> String {
     }
 }
 
-/// The date and time of a date cell (either epoch, as the workbook declares), or of an ISO
-/// 8601 date cell (ods); `None` for other cells and durations.
-pub fn cell_datetime(cell: &Data) -> Option<NaiveDateTime> {
-    match cell {
-        Data::DateTime(excel) if excel.is_datetime() => excel.as_datetime(),
-        Data::DateTimeIso(text) => parse_naive_datetime(text),
-        _ => None,
-    }
-}
-
 /// `YYYY-MM-DD` without a time part, else `YYYY-MM-DD HH:MM:SS` (with `.fff` when the
 /// fraction is not zero, so no precision is dropped).
 fn datetime_text(datetime: NaiveDateTime) -> String {
@@ -171,18 +162,6 @@ fn datetime_text(datetime: NaiveDateTime) -> String {
     } else {
         datetime.format("%Y-%m-%d %H:%M:%S%.f").to_string()
     }
-}
-
-fn parse_naive_datetime(text: &str) -> Option<NaiveDateTime> {
-    let text = text.trim();
-    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
-        if let Ok(datetime) = NaiveDateTime::parse_from_str(text, format) {
-            return Some(datetime);
-        }
-    }
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .map(|date| date.and_time(NaiveTime::MIN))
 }
 
 fn parse_offset_datetime(text: &str) -> Option<DateTime<FixedOffset>> {

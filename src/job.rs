@@ -38,6 +38,8 @@ pub struct ImportJob {
     pub conflict: Option<String>,
     /// Rows handed on by the reader so far, for the progress display only.
     pub progress: RowCounter,
+    /// Rows written so far (committed, or counted by a dry run), for progress reports only.
+    pub written: RowCounter,
     /// The run's chunk ledger: `None` for `--dry-run`, `importer bench` and runs without a
     /// ledger entry, whose writes are not recorded.
     pub chunk_ledger: Option<ChunkLedger>,

@@ -9,6 +9,8 @@
 pub mod cli;
 pub mod cmd;
 pub mod convert;
+pub mod dates;
+pub mod import;
 pub mod job;
 pub mod message;
 pub mod pipeline;

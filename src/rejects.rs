@@ -39,11 +39,26 @@ pub struct RejectLog {
     folded_header: Vec<String>,
     cancel: CancellationToken,
     path: Option<PathBuf>,
+    /// How many rejections are kept in memory.
+    kept_count: usize,
 }
 
 struct RejectState {
     writer: Option<csv::Writer<BufWriter<File>>>,
     rejected_count: u64,
+    /// The first `kept_count` rejections, for a caller that reports them itself.
+    kept: Vec<RejectedRow>,
+}
+
+/// One rejected row as the rejects file has it, without its cells.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RejectedRow {
+    /// 1-based row number in the sheet.
+    pub row_number: u32,
+    /// The column at fault; `None` when the server refused the row as a whole.
+    pub column: Option<String>,
+    /// A short reason.
+    pub reason: String,
 }
 
 impl RejectLog {
@@ -74,6 +89,7 @@ impl RejectLog {
             state: Mutex::new(RejectState {
                 writer,
                 rejected_count: 0,
+                kept: Vec::new(),
             }),
             max_errors,
             header_width: sheet_header.len(),
@@ -81,7 +97,30 @@ impl RejectLog {
             folded_header: sheet_header.iter().map(|cell| fold_header(cell)).collect(),
             cancel,
             path: path.map(Path::to_path_buf),
+            kept_count: 0,
         })
+    }
+
+    /// Keeps the first `kept_count` rejections in memory, for [`RejectLog::kept`].
+    pub fn keeping(self, kept_count: usize) -> Self {
+        RejectLog { kept_count, ..self }
+    }
+
+    /// The rejections kept so far (the first `kept_count`).
+    pub fn kept(&self) -> Vec<RejectedRow> {
+        self.state
+            .lock()
+            .expect("rejects lock is never poisoned: no panics while held")
+            .kept
+            .clone()
+    }
+
+    /// Rows rejected so far.
+    pub fn rejected_count(&self) -> u64 {
+        self.state
+            .lock()
+            .expect("rejects lock is never poisoned: no panics while held")
+            .rejected_count
     }
 
     /// Records one rejected row: its 1-based row number, what was wrong, and its cells as
@@ -97,6 +136,13 @@ impl RejectLog {
             .lock()
             .expect("rejects lock is never poisoned: no panics while held");
         state.rejected_count += 1;
+        if state.kept.len() < self.kept_count {
+            state.kept.push(RejectedRow {
+                row_number,
+                column: (!rejection.column.is_empty()).then(|| rejection.column.clone()),
+                reason: rejection.reason.clone(),
+            });
+        }
         let reference = self.reference(row_number, &rejection.column);
         if state.rejected_count <= WARNED_REJECTIONS {
             warn!(

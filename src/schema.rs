@@ -338,7 +338,7 @@ fn classify(cell: &Data) -> Option<Seen> {
         Data::Float(value) if is_i64(*value) => Some(Seen::Integers),
         Data::Float(_) => Some(Seen::Numbers),
         Data::Bool(_) => Some(Seen::Booleans),
-        Data::DateTime(_) | Data::DateTimeIso(_) => match crate::convert::cell_datetime(cell) {
+        Data::DateTime(_) | Data::DateTimeIso(_) => match crate::dates::cell_datetime(cell) {
             Some(datetime) if datetime.time() == chrono::NaiveTime::MIN => Some(Seen::Dates),
             Some(_) => Some(Seen::DateTimes),
             None => Some(Seen::Mixed),

@@ -42,7 +42,6 @@ use calamine::{
     CellErrorType, Data, DataRef, ExcelDateTime, Range, Reader, Sheets, open_workbook_auto,
 };
 
-use crate::cli::{XlsReader, XlsxReader};
 use crate::convert::{Rejection, cell_text};
 use crate::message::{quoted, shown_path};
 
@@ -82,6 +81,26 @@ static CALAMINE_CHILD: OnceLock<PathBuf> = OnceLock::new();
 pub fn contain_calamine_in(executable: PathBuf) {
     // a second call changes nothing: the first executable stays
     CALAMINE_CHILD.get_or_init(|| executable);
+}
+
+/// Which reader reads .xlsx and .xlsm files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XlsxReader {
+    /// Our streaming reader: shared strings and sheet parsed concurrently.
+    #[default]
+    Fast,
+    /// calamine's cell reader, for a file the fast reader gets wrong.
+    Calamine,
+}
+
+/// Which reader reads .xls files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XlsReader {
+    /// Our streaming BIFF8 reader: rows as the records come, no grid of the sheet.
+    #[default]
+    Fast,
+    /// calamine's reader (in a contained child process), for a file the fast reader gets wrong.
+    Calamine,
 }
 
 /// Which file and sheet to read, and where the header is.

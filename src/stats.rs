@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cli::{Method, OutputFormat};
+use crate::strategy::Method;
 
 /// What one part of a run counted. Merged with `+=`; never shared between tasks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -156,11 +156,12 @@ impl ImportStats {
         }
     }
 
-    /// Prints the stats on stdout, the one place `run` writes there.
-    pub fn print(&self, format: OutputFormat) -> anyhow::Result<()> {
-        let text = match format {
-            OutputFormat::Text => self.render_text(),
-            OutputFormat::Json => serde_json::to_string(self)?,
+    /// Prints the stats on stdout (the text table, or with `json` one JSON object), the one
+    /// place `run` writes there.
+    pub fn print(&self, json: bool) -> anyhow::Result<()> {
+        let text = match json {
+            false => self.render_text(),
+            true => serde_json::to_string(self)?,
         };
         print_report(&text);
         Ok(())

@@ -11,13 +11,17 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::Outcome;
-use super::run::{build_job, create_table, infer_types, prepare, run_job};
-use crate::cli::{BenchArgs, BenchFormat, Method};
+use super::run::import_options;
+use super::{Outcome, SignalListener, until_signal};
+use crate::cli::{BenchArgs, BenchFormat};
+use crate::import::ImportControl;
+use crate::import::load::run_job;
+use crate::import::prepare::{Prepared, build_job, create_table, infer_types, prepare};
 use crate::rejects::RejectLog;
 use crate::schema::InferredType;
 use crate::sink::{self, TableName, TargetTable};
 use crate::stats::{print_report, render_table};
+use crate::strategy::Method;
 
 /// One method's results over all its runs.
 #[derive(Debug, Clone, Serialize)]
@@ -46,7 +50,7 @@ pub struct BenchReport {
 
 /// Runs `importer bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
-    let prepared = prepare(&args.import).await?;
+    let prepared = prepare(&import_options(&args.import)).await?;
     // the target's shape, or the sheet's inferred one: decided once for every run
     let inferred: Option<Vec<InferredType>> = match &prepared.existing {
         Some(_) => None,
@@ -57,7 +61,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
         name: format!("importer_bench_{}", std::process::id()),
     };
     let mut results = Vec::new();
-    for &method in &args.methods {
+    for method in args.methods.iter().copied().map(Method::from) {
         let mut durations = Vec::new();
         let mut last = None;
         for repetition in 1..=args.repeat {
@@ -131,7 +135,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
 
 /// One timed run into `table`; a run stopped by an error or a signal fails the bench.
 async fn measure(
-    prepared: &super::run::Prepared,
+    prepared: &Prepared,
     table: TargetTable,
     method: Method,
     batch_size: u32,
@@ -145,7 +149,15 @@ async fn measure(
     )?);
     let job = build_job(prepared, table, method, batch_size, rejects, cancel)?;
     let started = Instant::now();
-    let (report, signal) = run_job(method, job, false).await?;
+    // a listener per run, as the runs in between have nothing to stop
+    let mut signals = SignalListener::install()?;
+    let control = ImportControl::new();
+    let ((report, _), signal) = until_signal(
+        &mut signals,
+        &control,
+        run_job(method, job, false, &control),
+    )
+    .await;
     let seconds = started.elapsed().as_secs_f64();
     if let Some(error) = report.error {
         return Err(error.context(format!("bench run of {} failed", method.name())));

@@ -4,9 +4,9 @@ pub mod bench;
 pub mod generate;
 pub mod history;
 pub mod manual;
-pub mod mode;
-pub mod record;
 pub mod run;
+
+use crate::import::ImportControl;
 
 /// How a command ended, for the exit code (mapped in `main`, the one place exit codes live).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +87,30 @@ impl SignalListener {
             Some(Signal::Terminate)
         } else {
             None
+        }
+    }
+}
+
+/// Runs `work` to its end while listening to `signals`: the first Ctrl-C or SIGTERM cancels
+/// `control` (naming the signal, which logs and the ledger repeat) and `work` goes on to
+/// finish what it read; later signals change nothing. Returns the first signal beside the
+/// result.
+pub async fn until_signal<T>(
+    signals: &mut SignalListener,
+    control: &ImportControl,
+    work: impl Future<Output = T>,
+) -> (T, Option<Signal>) {
+    tokio::pin!(work);
+    let mut first = None;
+    loop {
+        tokio::select! {
+            result = &mut work => return (result, first),
+            signal = signals.recv() => {
+                if first.is_none() {
+                    first = Some(signal);
+                    control.cancel_because(signal.name());
+                }
+            }
         }
     }
 }

@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tracing::warn;
 
 use super::TableName;
@@ -483,8 +483,10 @@ pub async fn create_chunk_ledger(pool: &PgPool, ledger: &Ledger) -> anyhow::Resu
         .await
         .with_context(cannot_create)?;
     let create_sql = ledger.qualify(CREATE_CHUNK_LEDGER);
-    sqlx::raw_sql(&create_sql)
-        .execute(&mut *transaction)
+    // through `Executor`: `RawSql::execute` on a transaction leaves the import's future
+    // not provably `Send`, so a service could not spawn it
+    (&mut *transaction)
+        .execute(sqlx::raw_sql(&create_sql))
         .await
         .with_context(cannot_create)?;
     transaction.commit().await.with_context(cannot_create)?;

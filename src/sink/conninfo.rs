@@ -14,7 +14,9 @@ use std::str::FromStr;
 use anyhow::{Context, bail};
 use sqlx::postgres::PgConnectOptions;
 
-use crate::cli::DEFAULT_DATABASE_URL;
+/// The server of docker-compose.yml; used when no URL is given and no `PG*` variable
+/// (PGHOST, PGUSER, ...) is set.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://importer:importer@localhost:5432/importer";
 
 /// The environment variables that say where to connect, as libpq reads them. Any one of them
 /// set means the user has said something, so the built-in default no longer applies.

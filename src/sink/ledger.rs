@@ -15,7 +15,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::{PgPool, Row};
+use sqlx::{Executor, PgPool, Row};
 use tracing::info;
 
 use super::lock::advisory_key;
@@ -24,6 +24,9 @@ use crate::stats::ImportStats;
 
 /// The ledger's table, in the schema the user picks (`--ledger-schema`).
 const LEDGER_TABLE_NAME: &str = "runs";
+
+/// The run ledger's schema when none is given.
+pub const DEFAULT_LEDGER_SCHEMA: &str = "importer";
 
 /// Where the run ledger lives: the table `runs` of a schema (`importer` unless
 /// `--ledger-schema` or `IMPORTER_LEDGER_SCHEMA` says otherwise).
@@ -240,8 +243,10 @@ pub async fn create_ledger(pool: &PgPool, ledger: &Ledger) -> anyhow::Result<()>
         .await
         .with_context(cannot_create)?;
     let create_sql = ledger.create_sql();
-    sqlx::raw_sql(&create_sql)
-        .execute(&mut *transaction)
+    // through `Executor`: `RawSql::execute` on a transaction leaves the import's future
+    // not provably `Send`, so a service could not spawn it
+    (&mut *transaction)
+        .execute(sqlx::raw_sql(&create_sql))
         .await
         .with_context(cannot_create)?;
     transaction.commit().await.with_context(cannot_create)?;

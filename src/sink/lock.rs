@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use sha2::{Digest, Sha256};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 use tracing::{debug, info};
@@ -69,6 +69,19 @@ pub async fn qualify_table(pool: &PgPool, table: &TableName) -> anyhow::Result<T
     })
 }
 
+/// The table's run lock is held by another run (and was not freed within the wait): the
+/// error callers tell apart from a failure to reach the server.
+#[derive(Debug)]
+pub struct TableBusy(String);
+
+impl std::fmt::Display for TableBusy {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TableBusy {}
+
 /// A table's run lock, held until [`TableLock::release`] (or until the process ends).
 pub struct TableLock {
     connection: PgConnection,
@@ -108,9 +121,10 @@ impl TableLock {
             let holder = describe_holder(&mut connection, key).await?;
             let wait = wait.filter(|wait| !wait.is_zero());
             let Some(wait) = wait else {
-                bail!(
+                return Err(TableBusy(format!(
                     "table {table} is being loaded by another run ({holder}); try again once it has finished, or pass --wait-lock SECONDS to wait for it"
-                );
+                ))
+                .into());
             };
             info!(table = %table, holder = %holder, wait_seconds = wait.as_secs_f64(), "another run is loading the table; waiting for it");
             if !wait_for_lock(&mut connection, key, wait)
@@ -118,11 +132,12 @@ impl TableLock {
                 .with_context(|| format!("cannot lock table {table}"))?
             {
                 let holder = describe_holder(&mut connection, key).await?;
-                bail!(
+                return Err(TableBusy(format!(
                     "table {table} is still being loaded by another run after waiting {} s (--wait-lock {}) ({holder}); try again once it has finished",
                     wait.as_secs_f64(),
                     wait.as_secs_f64()
-                );
+                ))
+                .into());
             }
         }
         debug!(table = %table, key, "took the table's run lock");

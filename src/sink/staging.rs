@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
+use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool, Row};
 use tracing::{debug, info};
 
 use crate::schema::Column;
@@ -377,8 +377,10 @@ async fn refill(
         let refill = format!(
             "TRUNCATE {target_sql}; INSERT INTO {target_sql} ({column_list}) OVERRIDING SYSTEM VALUE SELECT {column_list} FROM {staging_sql}; DROP TABLE {staging_sql}"
         );
-        sqlx::raw_sql(&refill)
-            .execute(&mut *transaction)
+        // through `Executor`: `RawSql::execute` on a transaction leaves the import's future
+        // not provably `Send`, so a service could not spawn it
+        (&mut *transaction)
+            .execute(sqlx::raw_sql(&refill))
             .await
             .with_context(|| format!("cannot refill table {target} from the staging table"))?;
         return Ok(());
@@ -419,8 +421,10 @@ async fn refill(
          DROP TABLE {staging_sql}",
         matches = matches.join(" AND ")
     );
-    sqlx::raw_sql(&refill)
-        .execute(&mut *transaction)
+    // through `Executor`: `RawSql::execute` on a transaction leaves the import's future
+    // not provably `Send`, so a service could not spawn it
+    (&mut *transaction)
+        .execute(sqlx::raw_sql(&refill))
         .await
         .with_context(|| {
             format!("cannot refill table {target} from the staging table; the table is unchanged")

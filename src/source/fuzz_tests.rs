@@ -116,8 +116,8 @@ fn mutate(bytes: &mut Vec<u8>, rng: &mut ChaCha8Rng) {
 /// Reads `path` with a bounded visitor and checks the outcome.
 fn check_read(path: &Path, label: &str) {
     let spec = SourceSpec {
-        xlsx_reader: crate::cli::XlsxReader::Fast,
-        xls_reader: crate::cli::XlsReader::Fast,
+        xlsx_reader: crate::source::XlsxReader::Fast,
+        xls_reader: crate::source::XlsReader::Fast,
         path: path.to_path_buf(),
         sheet: None,
         header_row: 1,

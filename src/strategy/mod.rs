@@ -25,7 +25,6 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 use tracing::{Instrument, info_span, warn};
 
-use crate::cli::Method;
 use crate::convert::Rejection;
 use crate::job::ImportJob;
 use crate::pipeline::{self, Chunk, ConvertedRow, TaskOutcome};
@@ -34,6 +33,44 @@ use crate::sink::copy::CopyStatement;
 use crate::sink::insert::InsertStatement;
 use crate::sink::{error_column, error_message, flush_commits, is_row_error};
 use crate::stats::Tally;
+
+/// How rows are written to PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// One INSERT per row on one connection.
+    Sequential,
+    /// A bounded pool of workers, one INSERT per row each.
+    Concurrent,
+    /// Workers sending multi-row INSERTs of `batch_size` rows.
+    Batch,
+    /// Workers sending COPY FROM STDIN chunks of `batch_size` rows.
+    Copy,
+}
+
+impl Method {
+    /// Every method, in the order the contract lists them.
+    pub const ALL: [Method; 4] = [
+        Method::Sequential,
+        Method::Concurrent,
+        Method::Batch,
+        Method::Copy,
+    ];
+
+    /// The contract's name of the method (CLI value and JSON `method`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Sequential => "sequential",
+            Method::Concurrent => "concurrent",
+            Method::Batch => "batch",
+            Method::Copy => "copy",
+        }
+    }
+
+    /// The method named `name` (as the CLI and the JSON spell it).
+    pub fn from_name(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|method| method.name() == name)
+    }
+}
 
 /// Times a piece is retried after a deadlock or serialization failure before the run fails.
 const CONFLICT_RETRIES: u32 = 3;
@@ -72,6 +109,7 @@ pub async fn dry_run(job: Arc<ImportJob>) -> RunReport {
     let mut tally = Tally::default();
     while let Some(chunk) = receiver.recv().await {
         tally.success_count += chunk.len() as u64;
+        job.written.add(chunk.len() as u64);
     }
     let (counted, error) = join_all(&mut tasks, &job).await;
     tally += counted;
@@ -328,6 +366,7 @@ async fn write_isolating_rejects(
         {
             Ok(_) => {
                 tally.success_count += piece.len() as u64;
+                job.written.add(piece.len() as u64);
                 continue;
             }
             Err(error) => error,

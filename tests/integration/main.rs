@@ -10,6 +10,7 @@ mod database;
 mod faults;
 mod formats;
 mod hostile_inputs;
+mod library;
 mod lifecycle;
 mod modes;
 mod nightly;

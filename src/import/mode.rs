@@ -15,16 +15,38 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::anyhow;
 use sqlx::PgPool;
 use tracing::info;
 
-use crate::cli::Mode;
+use super::report::{Failing, FailureKind};
 use crate::job::ImportJob;
 use crate::schema::{Column, fold_header};
 use crate::sink::chunks::ChunkLedger;
 use crate::sink::staging::{self, Published, SecondaryIndex};
 use crate::sink::{self, TableName};
+
+/// What a run does to the rows already in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Add the file's rows.
+    Append,
+    /// The table ends holding exactly the file's good rows, swapped in at once.
+    Replace,
+    /// Update rows whose key exists, insert the others.
+    Upsert,
+}
+
+impl Mode {
+    /// The mode's name, as on the command line and in the run ledger.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Append => "append",
+            Mode::Replace => "replace",
+            Mode::Upsert => "upsert",
+        }
+    }
+}
 
 /// Where the rows of a run go before they are in the target.
 pub enum WritePlan {
@@ -48,7 +70,7 @@ pub enum WritePlan {
 /// created.
 pub fn check_key(key: &[String]) -> anyhow::Result<()> {
     for column in key {
-        sink::check_identifier("--key column name", column)?;
+        sink::check_identifier("--key column name", column).failing_as(FailureKind::Usage)?;
     }
     Ok(())
 }
@@ -64,15 +86,19 @@ pub async fn prepare(
     swap_timeout: Duration,
 ) -> anyhow::Result<WritePlan> {
     if mode != Mode::Upsert && !key.is_empty() {
-        bail!("--key is only used with --mode upsert");
+        return Err(anyhow!("--key is only used with --mode upsert"))
+            .failing_as(FailureKind::Usage);
     }
     let target = job.table.name.clone();
     let mut conflict = None;
     if mode == Mode::Upsert {
         if key.is_empty() {
-            bail!("--mode upsert needs --key COL[,COL]: the columns that identify a row");
+            return Err(anyhow!(
+                "--mode upsert needs --key COL[,COL]: the columns that identify a row"
+            ))
+            .failing_as(FailureKind::Usage);
         }
-        job.key_positions = key_positions(job, key)?;
+        job.key_positions = key_positions(job, key).failing_as(FailureKind::Input)?;
         conflict = Some(
             sink::conflict_clause(&job.pool, &target, &job.columns, &job.key_positions).await?,
         );

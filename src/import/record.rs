@@ -1,4 +1,4 @@
-//! What `importer run` keeps beside the import for unattended use: the table's run lock, the
+//! What an import keeps beside the import for unattended use: the table's run lock, the
 //! run's row in the ledger, `--skip-unchanged`, and the `--summary` file.
 //!
 //! [`check_outputs`] runs first of all: an output path that cannot be written fails the run
@@ -23,24 +23,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::Serialize;
 use sqlx::PgPool;
 use tracing::{debug, info, warn};
 
-use super::mode::WritePlan;
-use super::run::{Prepared, unless_signalled};
-use super::{Outcome, SignalListener};
-use crate::cli::{Mode, OutputFormat, RunArgs};
+use super::control::ImportControl;
+use super::mode::{Mode, WritePlan};
+use super::options::ImportOptions;
+use super::prepare::Prepared;
+use super::report::{Failing, FailureKind, ImportOutcome, SkippedRun};
 use crate::job::ImportJob;
 use crate::sink::TableName;
 use crate::sink::chunks::{self, ChunkLedger, CommittedRows, Fence};
 use crate::sink::ledger::{self, Ledger, RunOutcome, RunStart};
 use crate::sink::lock::{self, TableLock};
 use crate::sink::staging;
-use crate::source::{input_name, is_stdin};
-use crate::stats::{ImportStats, print_report};
+use crate::source::is_stdin;
+use crate::stats::ImportStats;
 
-/// The bookkeeping of one `importer run`.
+/// The bookkeeping of one import.
 pub struct RunRecord {
     summary: Option<PathBuf>,
     /// The run ledger; `None` with `--no-ledger` or `--dry-run`.
@@ -52,86 +52,86 @@ pub struct RunRecord {
     fence: Option<Fence>,
     stats: Option<ImportStats>,
     /// How the rows ended, when the run fails only after they are committed.
-    rows_outcome: Option<Outcome>,
+    rows_outcome: Option<ImportOutcome>,
     /// Resuming: the rows earlier runs of the same content put in the table.
     already_in: Option<Arc<CommittedRows>>,
-}
-
-/// What `--skip-unchanged` prints, on stdout and in `--summary`, instead of the stats.
-#[derive(Debug, Serialize)]
-struct SkipReport<'a> {
-    skipped: bool,
-    file: &'a str,
-    table: String,
-    sha256: &'a str,
-    /// The run that loaded this content.
-    previous_run_id: i64,
-    /// The ledger id of this (skipped) run.
-    run_id: i64,
+    /// `skip_unchanged` found the content loaded before.
+    skipped: Option<SkippedRun>,
 }
 
 impl RunRecord {
     /// Nothing held or recorded yet.
-    pub fn new(args: &RunArgs) -> Self {
-        let keeps_ledger = !args.no_ledger && !args.dry_run;
+    pub fn new(options: &ImportOptions) -> Self {
+        let ledger = match options.dry_run {
+            true => None,
+            false => options.ledger_schema.as_deref().map(Ledger::new),
+        };
         RunRecord {
-            summary: args.summary.clone(),
-            ledger: keeps_ledger.then(|| Ledger::new(&args.ledger.ledger_schema)),
+            summary: options.summary.clone(),
+            ledger,
             lock: None,
             entry: None,
             fence: None,
             stats: None,
             rows_outcome: None,
             already_in: None,
+            skipped: None,
         }
     }
 
-    /// Takes the table's run lock, then with `--skip-unchanged` returns `Some(AllIn)` when the
-    /// file's content was already loaded into the table (recording a skipped run and printing
-    /// the skip report), else records the run as started. A signal while the file is hashed
-    /// or the lock awaited returns `Some(Interrupted)`, the run recorded as cancelled when
-    /// its file is known; the caller prints the (empty) stats.
+    /// Takes the table's run lock, then with `skip_unchanged` returns `Some(Skipped)` when
+    /// the file's content was already loaded into the table (recording a skipped run and
+    /// keeping the skip report), else records the run as started. A cancel while the file is
+    /// hashed or the lock awaited returns `Some(Cancelled)`, the run recorded as cancelled
+    /// when its file is known; the caller keeps the (empty) stats.
     pub async fn begin(
         &mut self,
-        args: &RunArgs,
+        options: &ImportOptions,
         prepared: &Prepared,
-        signals: &mut SignalListener,
-    ) -> anyhow::Result<Option<Outcome>> {
-        if args.dry_run {
+        control: &ImportControl,
+    ) -> anyhow::Result<Option<ImportOutcome>> {
+        if options.dry_run {
             return Ok(None);
         }
-        let staged = args.mode == Mode::Replace || args.atomic;
-        if args.resume && staged {
-            bail!(
+        let staged = options.mode == Mode::Replace || options.atomic;
+        if options.resume && staged {
+            return Err(anyhow::anyhow!(
                 "--resume cannot be combined with --atomic or --mode replace: those runs leave no rows behind to resume from"
-            );
+            ))
+            .failing_as(FailureKind::Usage);
         }
         let Some(ledger) = self.ledger.clone() else {
             // --no-ledger: the lock still keeps two runs off the same table
-            let wait = args.wait_lock.map(Duration::from_secs);
-            let acquiring = TableLock::acquire(&prepared.pool, &prepared.table_name, wait);
-            return Ok(match unless_signalled(signals, acquiring).await? {
+            let acquiring =
+                TableLock::acquire(&prepared.pool, &prepared.table_name, options.wait_lock);
+            return Ok(match control.unless_cancelled(acquiring).await? {
                 ControlFlow::Continue(lock) => {
                     self.lock = Some(lock);
                     None
                 }
-                ControlFlow::Break(signal) => Some(Outcome::Interrupted(signal)),
+                ControlFlow::Break(()) => Some(ImportOutcome::Cancelled),
             });
         };
         let fingerprinting = ledger::fingerprint(&prepared.source.path);
-        let mut file = match unless_signalled(signals, fingerprinting).await? {
+        let mut file = match control
+            .unless_cancelled(fingerprinting)
+            .await
+            .failing_as(FailureKind::Input)?
+        {
             ControlFlow::Continue(file) => file,
-            ControlFlow::Break(signal) => return Ok(Some(Outcome::Interrupted(signal))),
+            ControlFlow::Break(()) => return Ok(Some(ImportOutcome::Cancelled)),
         };
-        if is_stdin(&args.import.file) {
+        if is_stdin(&options.file) {
             // the spooled copy's path means nothing once the run is over
-            file.path = args.import.file.display().to_string();
+            file.path = options.file.display().to_string();
+        } else if let Some(name) = &options.display_name {
+            // a service's upload lives under a temporary name: the ledger keeps the client's
+            file.path = name.clone();
         }
-        let wait = args.wait_lock.map(Duration::from_secs);
-        let acquiring = TableLock::acquire(&prepared.pool, &prepared.table_name, wait);
-        let mut lock = match unless_signalled(signals, acquiring).await? {
+        let acquiring = TableLock::acquire(&prepared.pool, &prepared.table_name, options.wait_lock);
+        let mut lock = match control.unless_cancelled(acquiring).await? {
             ControlFlow::Continue(lock) => lock,
-            ControlFlow::Break(signal) => {
+            ControlFlow::Break(()) => {
                 // stopped while queued for the lock: the pool is open, so the run is recorded
                 // as cancelled (it held nothing and wrote nothing)
                 let table = lock::qualify_table(&prepared.pool, &prepared.table_name).await?;
@@ -140,8 +140,8 @@ impl RunRecord {
                     file: &file,
                     sheet: &prepared.header.sheet_name,
                     table: &table,
-                    method: args.method.name(),
-                    mode: args.mode.name(),
+                    method: options.method.name(),
+                    mode: options.mode.name(),
                 };
                 let run_id = ledger::insert_run(
                     &prepared.pool,
@@ -152,7 +152,7 @@ impl RunRecord {
                 )
                 .await?;
                 self.entry = Some((prepared.pool.clone(), run_id));
-                return Ok(Some(Outcome::Interrupted(signal)));
+                return Ok(Some(ImportOutcome::Cancelled));
             }
         };
         let table = lock.table().clone();
@@ -165,10 +165,10 @@ impl RunRecord {
             file: &file,
             sheet: &prepared.header.sheet_name,
             table: &table,
-            method: args.method.name(),
-            mode: args.mode.name(),
+            method: options.method.name(),
+            mode: options.mode.name(),
         };
-        let previous = match args.skip_unchanged {
+        let previous = match options.skip_unchanged {
             true => ledger::previous_load(&prepared.pool, &ledger, &table, &file.sha256).await?,
             false => None,
         };
@@ -188,32 +188,26 @@ impl RunRecord {
                 run_id,
                 "skipped: this content is already in the table"
             );
-            let report = SkipReport {
+            let report = SkippedRun {
                 skipped: true,
-                file: &file_name(&args.import.file),
+                file: options.file_name(),
                 table: prepared.table_name.to_string(),
-                sha256: &file.sha256,
+                sha256: file.sha256.clone(),
                 previous_run_id: previous.run_id,
                 run_id,
+                previous_finished_at: previous.finished_at.clone(),
+                qualified_table: table.to_string(),
             };
-            let json = serde_json::to_string(&report)?;
-            let text = match args.format {
-                OutputFormat::Text => format!(
-                    "skipped: {} (sha256 {}) was already loaded into {table} by run {} at {}; nothing to do",
-                    report.file, report.sha256, previous.run_id, previous.finished_at
-                ),
-                OutputFormat::Json => json.clone(),
-            };
-            print_report(&text);
-            self.write_summary(json).await?;
-            return Ok(Some(Outcome::AllIn));
+            self.write_summary(serde_json::to_string(&report)?).await?;
+            self.skipped = Some(report);
+            return Ok(Some(ImportOutcome::Skipped));
         }
         let run_id =
             ledger::insert_run(&prepared.pool, &ledger, &start, RunOutcome::Running, None).await?;
         let fence =
             chunks::take_fence(&prepared.pool, &ledger, run_id, &table, lock_key, lock_pid).await?;
         self.fence = Some(fence);
-        if (args.resume || args.skip_unchanged) && !staged {
+        if (options.resume || options.skip_unchanged) && !staged {
             self.resume(
                 &prepared.pool,
                 &ledger,
@@ -319,21 +313,43 @@ impl RunRecord {
         self.write_summary(serde_json::to_string(stats)?).await
     }
 
-    /// Keeps how the run's rows ended (committed: all in, some rejected, or stopped by a
-    /// signal) for a run that then fails on an output file: the ledger records that outcome
-    /// beside the error, since the rows are in the table whatever the exit code says.
-    pub fn keep_rows_outcome(&mut self, outcome: Outcome) {
+    /// The run's ledger id, once recorded (for a skipped run, the skipped run's).
+    pub fn run_id(&self) -> Option<i64> {
+        self.entry
+            .as_ref()
+            .map(|(_, run_id)| *run_id)
+            .or(self.skipped.as_ref().map(|skipped| skipped.run_id))
+    }
+
+    /// The stats kept so far.
+    pub fn stats(&self) -> Option<&ImportStats> {
+        self.stats.as_ref()
+    }
+
+    /// What `skip_unchanged` found, when it skipped the run.
+    pub fn skipped(&self) -> Option<&SkippedRun> {
+        self.skipped.as_ref()
+    }
+
+    /// Keeps how the run's rows ended (committed: all in, some rejected, or cancelled) for a
+    /// run that then fails on an output file: the ledger records that outcome beside the
+    /// error, since the rows are in the table whatever the exit code says.
+    pub fn keep_rows_outcome(&mut self, outcome: ImportOutcome) {
         self.rows_outcome = Some(outcome);
     }
 
     /// Records how the run ended in the ledger, releases the lock, and returns `result`. A
     /// run that succeeded but cannot be recorded fails: the next `--skip-unchanged` would not
-    /// know its content is in.
-    pub async fn finish(self, result: anyhow::Result<Outcome>) -> anyhow::Result<Outcome> {
+    /// know its content is in. `cause` names what cancelled a cancelled run.
+    pub async fn finish(
+        self,
+        result: anyhow::Result<ImportOutcome>,
+        cause: &str,
+    ) -> anyhow::Result<ImportOutcome> {
         let recorded = match (&self.entry, &self.ledger) {
             (Some((pool, run_id)), Some(ledger)) => {
                 let (outcome, error) = match (&result, self.rows_outcome) {
-                    (Ok(outcome), _) => (ledger_outcome(*outcome), signal_note(*outcome)),
+                    (Ok(outcome), _) => (ledger_outcome(*outcome), cancel_note(*outcome, cause)),
                     (Err(error), Some(rows_outcome)) => {
                         (ledger_outcome(rows_outcome), Some(format!("{error:#}")))
                     }
@@ -401,19 +417,21 @@ impl RunRecord {
 }
 
 /// The ledger's outcome for how a run (or its rows) ended.
-fn ledger_outcome(outcome: Outcome) -> RunOutcome {
+fn ledger_outcome(outcome: ImportOutcome) -> RunOutcome {
     match outcome {
-        Outcome::AllIn => RunOutcome::Succeeded,
-        Outcome::SomeRejected => RunOutcome::RejectedRows,
-        Outcome::Interrupted(_) => RunOutcome::Cancelled,
+        ImportOutcome::AllIn => RunOutcome::Succeeded,
+        ImportOutcome::SomeRejected => RunOutcome::RejectedRows,
+        ImportOutcome::Cancelled => RunOutcome::Cancelled,
+        // never recorded through `finish`: the skipped run's row is written whole
+        ImportOutcome::Skipped => RunOutcome::Skipped,
     }
 }
 
-/// The ledger's `error` of a run that ended without one: the signal that stopped it.
-fn signal_note(outcome: Outcome) -> Option<String> {
+/// The ledger's `error` of a run that ended without one: what cancelled it.
+fn cancel_note(outcome: ImportOutcome, cause: &str) -> Option<String> {
     match outcome {
-        Outcome::Interrupted(signal) => Some(format!("stopped by {}", signal.name())),
-        Outcome::AllIn | Outcome::SomeRejected => None,
+        ImportOutcome::Cancelled => Some(format!("stopped by {cause}")),
+        ImportOutcome::AllIn | ImportOutcome::SomeRejected | ImportOutcome::Skipped => None,
     }
 }
 
@@ -422,14 +440,16 @@ fn signal_note(outcome: Outcome) -> Option<String> {
 /// that does not start. `--rejects` must be a file that can be created or written;
 /// `--summary` is written beside its path and renamed into place, so a file is created and
 /// removed there.
-pub fn check_outputs(args: &RunArgs) -> anyhow::Result<()> {
-    if let Some(rejects) = &args.rejects {
+pub fn check_outputs(options: &ImportOptions) -> anyhow::Result<()> {
+    if let Some(rejects) = &options.rejects {
         check_writable_file(rejects)
-            .with_context(|| format!("--rejects {} cannot be written", rejects.display()))?;
+            .with_context(|| format!("--rejects {} cannot be written", rejects.display()))
+            .failing_as(FailureKind::Usage)?;
     }
-    if let Some(summary) = &args.summary {
+    if let Some(summary) = &options.summary {
         check_summary_path(summary)
-            .with_context(|| format!("--summary {} cannot be written", summary.display()))?;
+            .with_context(|| format!("--summary {} cannot be written", summary.display()))
+            .failing_as(FailureKind::Usage)?;
     }
     Ok(())
 }
@@ -478,9 +498,4 @@ fn summary_temporary(path: &Path) -> PathBuf {
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(format!(".{}.tmp", std::process::id()));
     PathBuf::from(temporary)
-}
-
-/// The file's name without its directory, as the stats' `file` shows it.
-fn file_name(path: &Path) -> String {
-    input_name(path)
 }
