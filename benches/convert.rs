@@ -37,6 +37,7 @@ fn spec(path: &Path, xlsx_reader: XlsxReader) -> SourceSpec {
         header_row: 1,
         csv: importer::source::CsvOptions::default(),
         xlsx_reader,
+        xls_reader: importer::cli::XlsReader::Fast,
     }
 }
 

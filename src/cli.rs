@@ -129,6 +129,26 @@ impl ValueEnum for XlsxReader {
     }
 }
 
+/// Which reader reads .xls files: the core's enum, whose clap values are described here.
+pub use crate::source::XlsReader;
+
+impl ValueEnum for XlsReader {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[XlsReader::Fast, XlsReader::Calamine]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            XlsReader::Fast => PossibleValue::new("fast")
+                .help("Our streaming BIFF8 reader: rows as the records come, no grid of the sheet"),
+            XlsReader::Calamine => PossibleValue::new("calamine").help(
+                "calamine's reader (in a contained child process), for a file the fast reader gets wrong",
+            ),
+        })
+    }
+}
+
 /// How logs are written on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -191,6 +211,9 @@ pub struct ImportArgs {
     /// Reader of .xlsx/.xlsm files: fast (our own) or calamine
     #[arg(long, value_enum, default_value_t = XlsxReader::Fast)]
     pub xlsx_reader: XlsxReader,
+    /// Reader of .xls files: fast (our own) or calamine
+    #[arg(long, value_enum, default_value_t = XlsReader::Fast)]
+    pub xls_reader: XlsReader,
 }
 
 /// What a run does to the rows already in the table.

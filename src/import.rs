@@ -46,7 +46,7 @@ use crate::schema::Column;
 pub use crate::sink::ledger::DEFAULT_LEDGER_SCHEMA;
 use crate::sink::ledger::RunOutcome;
 use crate::sink::{self, TableName, TargetTable};
-pub use crate::source::{CsvOptions, XlsxReader};
+pub use crate::source::{CsvOptions, XlsReader, XlsxReader};
 pub use crate::stats::ImportStats;
 use crate::stats::{RunShape, Tally};
 pub use crate::strategy::Method;

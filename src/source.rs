@@ -1,10 +1,11 @@
 //! The reader: opens a workbook (calamine) or a CSV file, picks the sheet, and yields its
 //! non-blank rows from the header row down as [`SheetRow`]s with 1-based row numbers.
 //!
-//! Blocking: call it from `spawn_blocking` or a plain thread. .xlsx/.xlsm and .xlsb are
-//! streamed cell by cell (calamine's cell reader) and .ods by our own reader (`ods`, since
-//! calamine's parses every sheet into a dense grid at open), so memory does not grow with
-//! the row count; .xls is materialised by calamine as a range first. Every format feeds
+//! Blocking: call it from `spawn_blocking` or a plain thread. .xlsx/.xlsm (`xlsx`), .xls
+//! (`xls`, BIFF8) and .ods (`ods`) are streamed cell by cell by readers of our own, and
+//! .xlsb by calamine's cell reader, so memory does not grow with the row count; only an
+//! .xls read by calamine (`--xls-reader calamine`, or one older than BIFF8) is
+//! materialised as a range first. Every format feeds
 //! one `RowAssembler`, so blank rows, the header row, row numbers and the text limits
 //! ([`MAX_CELL_TEXT_BYTES`], [`MAX_ROW_TEXT_BYTES`]) are handled once. It knows nothing of
 //! tables or types: `pipeline` converts what it yields. CSV is read by `csv` (delimiter,
@@ -23,6 +24,7 @@ mod isolated;
 mod ods;
 mod sniff;
 mod stdin;
+mod xls;
 mod xlsx;
 
 pub use csv::CsvOptions;
@@ -92,6 +94,16 @@ pub enum XlsxReader {
     Calamine,
 }
 
+/// Which reader reads .xls files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XlsReader {
+    /// Our streaming BIFF8 reader: rows as the records come, no grid of the sheet.
+    #[default]
+    Fast,
+    /// calamine's reader (in a contained child process), for a file the fast reader gets wrong.
+    Calamine,
+}
+
 /// Which file and sheet to read, and where the header is.
 #[derive(Debug, Clone)]
 pub struct SourceSpec {
@@ -105,6 +117,8 @@ pub struct SourceSpec {
     pub csv: CsvOptions,
     /// Which reader reads .xlsx and .xlsm files.
     pub xlsx_reader: XlsxReader,
+    /// Which reader reads .xls files.
+    pub xls_reader: XlsReader,
 }
 
 /// One non-blank row of the sheet.
@@ -215,6 +229,15 @@ pub fn read_rows(
         && matches!(extension(path).as_deref(), Some("xlsx" | "xlsm"))
     {
         return read_xlsx(spec, &mut rows);
+    }
+    if spec.xls_reader == XlsReader::Fast && extension(path).as_deref() == Some("xls") {
+        match xls::XlsWorkbook::open(path)? {
+            xls::Opened::Biff8(workbook) => return read_xls(spec, *workbook, &mut rows),
+            // Excel 5/95 and older: calamine reads them (contained, as below)
+            xls::Opened::OlderBiff(version) => {
+                tracing::debug!(version, "an .xls older than BIFF8 goes to calamine");
+            }
+        }
     }
     if extension(path).as_deref() == Some("ods") {
         let mut workbook = ods::OdsWorkbook::open(path)?;
@@ -357,6 +380,25 @@ fn read_xlsx(spec: &SourceSpec, rows: &mut RowAssembler<'_>) -> anyhow::Result<S
     Ok(SheetSummary {
         sheet_name,
         declared_last_row: read.declared_last_row,
+    })
+}
+
+/// Reads a BIFF8 .xls with our own reader (`xls`).
+fn read_xls(
+    spec: &SourceSpec,
+    mut workbook: xls::XlsWorkbook,
+    rows: &mut RowAssembler<'_>,
+) -> anyhow::Result<SheetSummary> {
+    let sheet_name = pick_sheet(&workbook.sheet_names(), spec.sheet.as_deref(), &spec.path)?;
+    workbook.read_sheet(&sheet_name, &mut |position, cell| {
+        rows.push(position, cell);
+        rows.flow()
+    })?;
+    rows.finish()
+        .with_context(|| sheet_context(&sheet_name, &spec.path))?;
+    Ok(SheetSummary {
+        sheet_name,
+        declared_last_row: None,
     })
 }
 
@@ -843,6 +885,7 @@ mod tests {
                 header_row: 1,
                 csv: CsvOptions::default(),
                 xlsx_reader: XlsxReader::Calamine,
+                xls_reader: XlsReader::Calamine,
             };
             let message = format!("{:#}", read_header(&spec).unwrap_err());
             let prefix = format!(

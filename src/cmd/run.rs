@@ -89,6 +89,7 @@ pub fn import_options(import: &ImportArgs) -> ImportOptions {
             label: None,
         },
         xlsx_reader: import.xlsx_reader,
+        xls_reader: import.xls_reader,
         ..ImportOptions::new(import.file.clone(), String::new())
     }
 }

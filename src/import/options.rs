@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::mode::Mode;
 use crate::sink::ledger::DEFAULT_LEDGER_SCHEMA;
-use crate::source::{CsvOptions, XlsxReader, input_name, is_stdin};
+use crate::source::{CsvOptions, XlsReader, XlsxReader, input_name, is_stdin};
 use crate::strategy::Method;
 
 /// Everything one import needs to know, as plain data.
@@ -64,6 +64,8 @@ pub struct ImportOptions {
     pub csv: CsvOptions,
     /// Reader of .xlsx/.xlsm files.
     pub xlsx_reader: XlsxReader,
+    /// Reader of .xls files.
+    pub xls_reader: XlsReader,
     /// How many rejected rows [`ImportReport::rejections`] keeps (0 for the CLI).
     pub kept_rejections: usize,
 }
@@ -97,6 +99,7 @@ impl ImportOptions {
             ledger_schema: Some(DEFAULT_LEDGER_SCHEMA.to_string()),
             csv: CsvOptions::default(),
             xlsx_reader: XlsxReader::Fast,
+            xls_reader: XlsReader::Fast,
             kept_rejections: 0,
         }
     }
@@ -135,6 +138,7 @@ impl fmt::Debug for ImportOptions {
             .field("ledger_schema", &self.ledger_schema)
             .field("csv", &self.csv)
             .field("xlsx_reader", &self.xlsx_reader)
+            .field("xls_reader", &self.xls_reader)
             .field("kept_rejections", &self.kept_rejections)
             .finish()
     }

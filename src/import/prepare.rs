@@ -60,6 +60,7 @@ pub async fn prepare(options: &ImportOptions) -> anyhow::Result<Prepared> {
         header_row: options.header_row,
         csv: csv_options(options),
         xlsx_reader: options.xlsx_reader,
+        xls_reader: options.xls_reader,
     };
     let header = blocking({
         let source = source.clone();

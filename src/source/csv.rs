@@ -416,6 +416,7 @@ fn read_text(bytes: &[u8], options: CsvOptions, header_row: u32) -> anyhow::Resu
     std::fs::write(&path, bytes).expect("temp file is writable");
     let spec = SourceSpec {
         xlsx_reader: crate::source::XlsxReader::Fast,
+        xls_reader: crate::source::XlsReader::Fast,
         path: path.clone(),
         sheet: None,
         header_row,
@@ -553,6 +554,7 @@ mod tests {
         };
         let spec = SourceSpec {
             xlsx_reader: crate::source::XlsxReader::Fast,
+            xls_reader: crate::source::XlsReader::Fast,
             path: "x.csv".into(),
             sheet: None,
             header_row: 1,

@@ -5,7 +5,11 @@
 //! in-process can abort the whole test binary on an allocation a mutated file claims.
 //!
 //! A mutation works on the bytes of `content.xml` (the package is zipped again around it),
-//! so that it reaches the XML reader instead of stopping at the zip's checksum.
+//! so that it reaches the XML reader instead of stopping at the zip's checksum. For .xls it
+//! works on the Workbook stream (a compound file is built again around it) or, now and
+//! then, on the file's own bytes, so that both the BIFF records and the container are hit;
+//! the .xls is read by our reader alone (a mutation that makes it older than BIFF8 would
+//! hand it to calamine, in-process here).
 
 use std::io::{Read, Write};
 use std::ops::ControlFlow;
@@ -113,6 +117,7 @@ fn mutate(bytes: &mut Vec<u8>, rng: &mut ChaCha8Rng) {
 fn check_read(path: &Path, label: &str) {
     let spec = SourceSpec {
         xlsx_reader: crate::source::XlsxReader::Fast,
+        xls_reader: crate::source::XlsReader::Fast,
         path: path.to_path_buf(),
         sheet: None,
         header_row: 1,
@@ -197,6 +202,125 @@ fn mutated_ods_files_give_rows_or_one_line_errors() {
             }
             zip.finish().expect("zip is finished");
             check_read(&path, &format!("{name} seed {seed}"));
+        }
+    }
+}
+
+/// Reads the first sheet of `path` with our .xls reader only, a bounded number of rows.
+fn read_xls(path: &Path) -> anyhow::Result<()> {
+    let mut workbook = match super::xls::XlsWorkbook::open(path)? {
+        super::xls::Opened::Biff8(workbook) => workbook,
+        // calamine's to read, not ours
+        super::xls::Opened::OlderBiff(_) => return Ok(()),
+    };
+    let Some(first) = workbook.sheet_names().into_iter().next() else {
+        return Ok(());
+    };
+    let mut row_count = 0_usize;
+    let mut visit = |_row| {
+        row_count += 1;
+        if row_count >= MAX_ROWS_READ {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    let mut rows = super::RowAssembler::new(0, &mut visit);
+    workbook.read_sheet(&first, &mut |position, cell| {
+        rows.push(position, cell);
+        rows.flow()
+    })?;
+    rows.finish()
+}
+
+/// One random change to a BIFF stream: a record's type or length set to a value hostile
+/// files use, or one of the generic mutations.
+fn mutate_biff(bytes: &mut Vec<u8>, rng: &mut ChaCha8Rng) {
+    if bytes.len() < 4 || rng.random_range(0..3) == 0 {
+        mutate(bytes, rng);
+        return;
+    }
+    // walk to a random record header
+    let mut offsets = Vec::new();
+    let mut offset = 0;
+    while offset + 4 <= bytes.len() {
+        offsets.push(offset);
+        offset += 4 + usize::from(u16::from_le_bytes([bytes[offset + 2], bytes[offset + 3]]));
+    }
+    let at = offsets[rng.random_range(0..offsets.len())];
+    let values: [u16; 8] = [0, 1, 0xFFFF, 0x8000, 0x003C, 0x00FC, 0x0809, 0x000A];
+    let value = values[rng.random_range(0..values.len())];
+    let field = if rng.random_bool(0.5) { at } else { at + 2 };
+    bytes[field..field + 2].copy_from_slice(&value.to_le_bytes());
+    // and now and then a body byte: the counts and indexes right after the header
+    if rng.random_bool(0.5) && at + 12 <= bytes.len() {
+        let body = at + 4 + rng.random_range(0..8);
+        bytes[body] = [0x00, 0xFF, 0x7F, 0x80][rng.random_range(0..4)];
+    }
+}
+
+#[test]
+fn mutated_xls_files_give_rows_or_one_line_errors() {
+    let scratch = Scratch::new();
+    let fixtures = [
+        "dataset_libreoffice.xls",
+        "dataset_xlwt.xls",
+        "cell_errors_libreoffice.xls",
+        "formulas_libreoffice.xls",
+        "epoch_1904_xlwt.xls",
+    ];
+    for (fixture_index, name) in fixtures.iter().enumerate() {
+        let original = std::fs::read(fixture(name)).expect("the fixture exists");
+        let mut container =
+            cfb::CompoundFile::open(std::io::Cursor::new(original.clone())).expect("a CFB");
+        let mut stream = Vec::new();
+        container
+            .open_stream("/Workbook")
+            .expect("the fixture has a Workbook stream")
+            .read_to_end(&mut stream)
+            .expect("the stream reads");
+        for mutation in 0..MUTATIONS_PER_FIXTURE * 2 {
+            let seed = (fixture_index as u64) << 32 | mutation;
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let path = scratch.0.join(format!("mutated-{seed}.xls"));
+            if mutation % 8 == 7 {
+                // the container itself
+                let mut bytes = original.clone();
+                for _ in 0..rng.random_range(1..6) {
+                    mutate(&mut bytes, &mut rng);
+                }
+                std::fs::write(&path, &bytes).expect("writable");
+            } else {
+                let mut bytes = stream.clone();
+                for _ in 0..rng.random_range(1..4) {
+                    mutate_biff(&mut bytes, &mut rng);
+                }
+                let mut rebuilt = cfb::create(&path).expect("writable");
+                let mut workbook = rebuilt.create_stream("/Workbook").expect("a stream");
+                workbook.write_all(&bytes).expect("the stream is written");
+                drop(workbook);
+                rebuilt.flush().expect("the container is written");
+            }
+            let label = format!("{name} seed {seed}");
+            let started = Instant::now();
+            let outcome = std::panic::catch_unwind(|| read_xls(&path));
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    let message = format!("{error:#}");
+                    assert!(
+                        !message.chars().any(|character| character.is_control()),
+                        "{label}: control character in {message:?}"
+                    );
+                    assert!(message.len() < 4_000, "{label}: {message}");
+                }
+                Err(_) => panic!("{label}: the .xls reader panicked"),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(MAX_SECONDS_PER_FILE),
+                "{label}: took {:?}",
+                started.elapsed()
+            );
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The contained calamine reader: the binary reads .xls, .xlsb and calamine-read .xlsx in a
-//! child process of its own executable (`importer read-cells FILE`), so that what calamine
+//! The contained calamine reader: the binary reads .xlsb, and .xls and .xlsx when calamine
+//! reads them (`--xls-reader calamine`, an .xls older than BIFF8, `--xlsx-reader calamine`),
+//! in a child process of its own executable (`importer read-cells FILE`), so that what calamine
 //! cannot be kept from doing on a hostile file (panic, abort on an allocation the file
 //! claims, loop for minutes) ends the child, not the import, and becomes one error line.
 //!

@@ -56,7 +56,9 @@ use super::innermost_cause;
 pub(crate) use sheet::SheetEvent;
 use sheet::{SheetContext, read_sheet_cells};
 use strings::{SharedStrings, parse_shared_strings};
-use styles::{CellFormat, builtin_format_by_id, detect_custom_number_format};
+pub(super) use styles::{
+    CellFormat, builtin_format_by_id, detect_custom_number_format, number_cell,
+};
 
 /// Longest text one cell may hold, in UTF-8 bytes: Excel itself stops at 32,767
 /// characters; other writers go further, and a cell past this is refused rather than held.

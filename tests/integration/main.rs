@@ -19,4 +19,5 @@ mod serve;
 mod serve_page;
 mod strategies;
 mod util;
+mod xls_reader;
 mod xlsx_reader;

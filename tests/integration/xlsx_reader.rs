@@ -26,6 +26,7 @@ fn read_all(path: &Path, sheet: &str, reader: XlsxReader) -> Result<Vec<SheetRow
         sheet: Some(sheet.to_string()),
         header_row: 1,
         xlsx_reader: reader,
+        xls_reader: importer::cli::XlsReader::Fast,
         csv: importer::source::CsvOptions::default(),
     };
     let mut rows = Vec::new();

@@ -12,7 +12,7 @@ use std::io::Read;
 use std::ops::ControlFlow;
 
 use anyhow::{Context, anyhow, bail};
-use calamine::{CellErrorType, Data, ExcelDateTime, ExcelDateTimeType};
+use calamine::{CellErrorType, Data};
 
 use super::scan::{
     ScanError, TagKind, XmlStream, attribute, decode_string_item, decode_text, find_end_tag,
@@ -503,19 +503,7 @@ fn number_cell(number: f64, style: Option<usize>, context: &SheetContext<'_>) ->
         Some(style_index) => context.formats.get(style_index).copied(),
         None => Some(CellFormat::Other),
     };
-    match format {
-        Some(CellFormat::DateTime) => Data::DateTime(ExcelDateTime::new(
-            number,
-            ExcelDateTimeType::DateTime,
-            context.is_1904,
-        )),
-        Some(CellFormat::TimeDelta) => Data::DateTime(ExcelDateTime::new(
-            number,
-            ExcelDateTimeType::TimeDelta,
-            context.is_1904,
-        )),
-        _ => Data::Float(number),
-    }
+    super::styles::number_cell(number, format, context.is_1904)
 }
 
 /// The error value of a `t="e"` cell; the ones calamine knows.
@@ -582,6 +570,7 @@ pub(super) fn cell_name((row_index, column_index): (u32, u32)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use calamine::{ExcelDateTime, ExcelDateTimeType};
 
     type Cell = ((u32, u32), Data);
 

@@ -2,6 +2,8 @@
 //! date, a time or a duration, decided exactly as calamine decides it (built-in format ids
 //! and custom format codes), so both readers give the same cells.
 
+use calamine::{Data, ExcelDateTime, ExcelDateTimeType};
+
 /// How a cell format shows a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CellFormat {
@@ -59,6 +61,24 @@ pub(crate) fn builtin_format_by_id(id: &[u8]) -> CellFormat {
         // [h]:mm:ss
         b"46" => CellFormat::TimeDelta,
         _ => CellFormat::Other,
+    }
+}
+
+/// A number as the cell `format` shows it: a date, a duration, or the number itself (an
+/// unknown format shows the number), as calamine's `format_excel_f64`.
+pub(crate) fn number_cell(number: f64, format: Option<CellFormat>, is_1904: bool) -> Data {
+    match format {
+        Some(CellFormat::DateTime) => Data::DateTime(ExcelDateTime::new(
+            number,
+            ExcelDateTimeType::DateTime,
+            is_1904,
+        )),
+        Some(CellFormat::TimeDelta) => Data::DateTime(ExcelDateTime::new(
+            number,
+            ExcelDateTimeType::TimeDelta,
+            is_1904,
+        )),
+        _ => Data::Float(number),
     }
 }
 
