@@ -44,15 +44,26 @@ const POOL_ATTEMPT_TIME: Duration = Duration::from_secs(2);
 /// fails: two runs never write the same table at once. The fence key is an in-memory lock:
 /// unlike a row lock on the token, it costs no WAL and no MultiXact.
 ///
-/// "The lock backend is gone" stands for "the lock backend no longer holds the lock": a
+/// "The lock backend is gone" stands for "nobody holds the table's run lock": a
 /// session-level advisory lock is lost only with its session, or by an explicit unlock,
-/// which only `TableLock::release` does, once the writers are done. The backend is looked up
-/// by pid and start time with `pg_stat_get_activity(pid)` (the writers run as the lock's
-/// role, so they see its start), not in `pg_locks`, whose scan takes every lock-table
-/// partition and cost more than the rest of a one-row commit.
+/// which only `TableLock::release` does, once the writers are done. The writer asks the lock
+/// manager with `pg_try_advisory_xact_lock_shared` of the run lock key, which fails at once
+/// while the lock is held (exclusively, by the run's lock backend) and costs a lookup in one
+/// lock-table partition. Looking the backend up by pid (`pg_stat_get_activity`, which copies
+/// every backend's status) or in `pg_locks` (which takes every partition) cost more than the
+/// rest of a one-row commit. Held by someone and the token still ours means held by our lock
+/// backend: another run can take the lock only once ours is gone, and until that run has
+/// bumped the token (which waits, on the fence key, for our writes in flight) it reads
+/// nothing of the table; from the bump on the token check refuses.
 ///
-/// Run once per database version: the functions of the first ledgers, which took the run
-/// from `importer.runs` and read the token `FOR SHARE`, are replaced here.
+/// `record_chunk` checks the fence and records the chunk in one statement after the fence
+/// key (one statement less per commit: it is what a one-row commit pays on every row). It
+/// keeps the lock pid and start among its arguments, so that writers of every version call
+/// the same function.
+///
+/// Run once per database version (see [`CHUNK_LEDGER_VERSION`]): the functions of earlier
+/// ledgers (the run read from `importer.runs`, the token read `FOR SHARE`, the lock backend
+/// looked up by pid) are replaced here.
 const CREATE_CHUNK_LEDGER: &str = "
 ALTER TABLE importer.runs
     ADD COLUMN IF NOT EXISTS lock_token bigint,
@@ -91,6 +102,16 @@ COMMENT ON COLUMN importer.chunks.first_row IS
     '1-based sheet row number of the unit''s first row; rows between first_row and last_row that are not in the unit were rejected';
 DROP FUNCTION IF EXISTS importer.record_chunk(bigint, bigint, bigint, bigint);
 DROP FUNCTION IF EXISTS importer.check_fence(bigint);
+CREATE OR REPLACE FUNCTION importer.fence_lost(p_run_id bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    -- the run's row is read only here, on the way out
+    RAISE EXCEPTION 'run % no longer holds the run lock of table % (its lock connection was closed or terminated, or another run took the table); it stopped before committing more rows',
+        p_run_id,
+        (SELECT format('%s.%s', table_schema, table_name) FROM importer.runs WHERE id = p_run_id)
+        USING ERRCODE = 'IMP01';
+END
+$$;
 CREATE OR REPLACE FUNCTION importer.check_fence(
     p_run_id bigint, p_lock_token bigint, p_lock_key bigint, p_lock_pid integer,
     p_lock_backend_start bigint)
@@ -101,16 +122,10 @@ BEGIN
     -- a statement of its own, so its snapshot is taken after the fence key: it sees any bump
     IF NOT EXISTS (
         SELECT 1 FROM importer.table_locks WHERE lock_key = p_lock_key AND token = p_lock_token)
-       -- the lock backend, by pid and start (a new backend may reuse the pid), is still there
-       OR NOT EXISTS (
-        SELECT 1 FROM pg_stat_get_activity(p_lock_pid) a
-         WHERE (extract(epoch FROM a.backend_start) * 1000000)::bigint = p_lock_backend_start)
+       -- taken, the run lock was free: its holder is gone
+       OR pg_try_advisory_xact_lock_shared(p_lock_key)
     THEN
-        -- the run's row is read only here, on the way out
-        RAISE EXCEPTION 'run % no longer holds the run lock of table % (its lock connection was closed or terminated, or another run took the table); it stopped before committing more rows',
-            p_run_id,
-            (SELECT format('%s.%s', table_schema, table_name) FROM importer.runs WHERE id = p_run_id)
-            USING ERRCODE = 'IMP01';
+        PERFORM importer.fence_lost(p_run_id);
     END IF;
 END
 $$;
@@ -119,13 +134,26 @@ CREATE OR REPLACE FUNCTION importer.record_chunk(
     p_lock_token bigint, p_lock_key bigint, p_lock_pid integer, p_lock_backend_start bigint)
 RETURNS bigint LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM importer.check_fence(p_run_id, p_lock_token, p_lock_key, p_lock_pid, p_lock_backend_start);
+    -- as in check_fence: the fence key first, then a statement that sees any bump
+    PERFORM pg_advisory_xact_lock_shared((p_lock_key >> 32)::integer, (p_lock_key << 32 >> 32)::integer);
     INSERT INTO importer.chunks (run_id, first_row, last_row, row_count)
-    VALUES (p_run_id, p_first_row, p_last_row, p_row_count);
+    SELECT p_run_id, p_first_row, p_last_row, p_row_count
+     WHERE EXISTS (
+        SELECT 1 FROM importer.table_locks WHERE lock_key = p_lock_key AND token = p_lock_token)
+       AND NOT pg_try_advisory_xact_lock_shared(p_lock_key);
+    IF NOT FOUND THEN
+        PERFORM importer.fence_lost(p_run_id);
+    END IF;
     RETURN p_row_count;
 END
 $$;
+COMMENT ON FUNCTION importer.record_chunk(bigint, bigint, bigint, bigint, bigint, bigint, integer, bigint) IS
+    'importer chunk ledger VERSION: records a committed unit of a run, or fails (IMP01) once the run has lost its table';
 ";
+
+/// The chunk ledger's version, kept in the comment of `record_chunk`: a database whose
+/// functions are of an earlier version gets them replaced.
+const CHUNK_LEDGER_VERSION: &str = "v3";
 
 /// SQLSTATE of `record_chunk` when the run has lost its table's lock (outside the classes
 /// of row errors, so the writers stop instead of rejecting rows).
@@ -463,12 +491,15 @@ impl ChunkMark {
 
 /// Creates the chunk ledger unless it exists, serialised with the run ledger's creation.
 pub async fn create_chunk_ledger(pool: &PgPool, ledger: &Ledger) -> anyhow::Result<()> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regprocedure($1) IS NOT NULL")
-        .bind(ledger.qualify(RECORD_CHUNK_SIGNATURE))
-        .fetch_one(pool)
-        .await
-        .with_context(|| format!("cannot look up the chunk ledger {CHUNKS_TABLE}"))?;
-    if exists {
+    let current: bool = sqlx::query_scalar(
+        "SELECT coalesce(obj_description(to_regprocedure($1), 'pg_proc') LIKE $2, false)",
+    )
+    .bind(ledger.qualify(RECORD_CHUNK_SIGNATURE))
+    .bind(format!("importer chunk ledger {CHUNK_LEDGER_VERSION}:%"))
+    .fetch_one(pool)
+    .await
+    .with_context(|| format!("cannot look up the chunk ledger {CHUNKS_TABLE}"))?;
+    if current {
         return Ok(());
     }
     let cannot_create = || {
@@ -482,7 +513,7 @@ pub async fn create_chunk_ledger(pool: &PgPool, ledger: &Ledger) -> anyhow::Resu
         .execute(&mut *transaction)
         .await
         .with_context(cannot_create)?;
-    let create_sql = ledger.qualify(CREATE_CHUNK_LEDGER);
+    let create_sql = ledger.qualify(&CREATE_CHUNK_LEDGER.replace("VERSION", CHUNK_LEDGER_VERSION));
     // through `Executor`: `RawSql::execute` on a transaction leaves the import's future
     // not provably `Send`, so a service could not spawn it
     (&mut *transaction)
