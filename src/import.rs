@@ -331,10 +331,12 @@ async fn import(
     if let Err(error) = outputs_written {
         // the rows are committed: the ledger keeps their outcome, and the error says so
         record.keep_rows_outcome(outcome);
+        // the service's fault (a full disk, say), not the input's: a server error, not a 422
         return Err(error.context(format!(
             "{written} (recorded as {} in the run ledger), but an output file failed",
             ledger_outcome_name(outcome)
-        )));
+        )))
+        .failing_as(FailureKind::Internal);
     }
     Ok(Import {
         outcome,

@@ -105,7 +105,7 @@ pub async fn prepare(
     }
     let staging = TableName {
         schema: target.schema.clone(),
-        name: format!("importer_staging_{}", std::process::id()),
+        name: staging::run_table_name("importer_staging"),
     };
     let plan = match (mode, atomic) {
         (Mode::Append, false) => WritePlan::Direct,

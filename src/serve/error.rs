@@ -1,6 +1,7 @@
 //! The one error type of the HTTP handlers: a status and a one-line message, answered as
 //! `{"error": "..."}`. Import failures map here by their [`FailureKind`]; the message is the
-//! import's own error line, which never holds the database URL or password.
+//! import's own error line when the client's input is at fault, and a generic line when the
+//! database or the service is (those details go to the log only).
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -10,6 +11,9 @@ use crate::import::{FailureKind, ImportFailure};
 
 /// Seconds a client is asked to wait after a 429 (`Retry-After`).
 const RETRY_AFTER_SECONDS: &str = "5";
+
+/// The 500 message: the details are in the log, not in the answer.
+const INTERNAL_MESSAGE: &str = "internal error in the service; the service log has the details";
 
 /// An error answered to the client: its status and its `{"error": ...}` text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,10 +41,7 @@ impl ApiError {
     /// 500: our own fault; the details go to the log, not to the client.
     pub fn internal(error: &anyhow::Error) -> Self {
         tracing::error!(error = %format!("{error:#}"), "internal error");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error (a bug in importer); the service log has the details",
-        )
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_MESSAGE)
     }
 
     /// The status an import failure of this kind is answered with.
@@ -57,7 +58,21 @@ impl ApiError {
 
 impl From<&ImportFailure> for ApiError {
     fn from(failure: &ImportFailure) -> Self {
-        ApiError::new(ApiError::status_of(failure.kind), failure.to_string())
+        ApiError::new(ApiError::status_of(failure.kind), client_message(failure))
+    }
+}
+
+/// What a client is told of an import failure: the import's own line when the client can act
+/// on it; for the database's or our own fault a generic line, since the details (the
+/// server's host, port, database and user, our paths) are the operator's business and go to
+/// the service log (the import task logs every failure).
+pub(crate) fn client_message(failure: &ImportFailure) -> String {
+    match failure.kind {
+        FailureKind::Usage | FailureKind::Locked | FailureKind::Input => failure.to_string(),
+        FailureKind::Database => {
+            "the database is unavailable or failed; the service log has the details".to_string()
+        }
+        FailureKind::Internal => INTERNAL_MESSAGE.to_string(),
     }
 }
 

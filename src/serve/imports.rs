@@ -19,11 +19,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::error::ApiError;
+use tempfile::TempPath;
+
+use super::error::{ApiError, client_message};
 use super::metrics::Metrics;
 use super::upload::Upload;
 use crate::import::{
-    self, ImportControl, ImportFailure, ImportOptions, ImportOutcome, ImportReport, ProgressSink,
+    self, FailureKind, ImportControl, ImportFailure, ImportOptions, ImportOutcome, ImportReport, ProgressSink,
     RejectedRow, RowsSoFar,
 };
 use crate::sink::ledger::RunEntry;
@@ -190,8 +192,25 @@ impl Imports {
         &self,
         permit: OwnedSemaphorePermit,
         upload: Upload,
-        mut options: ImportOptions,
+        options: ImportOptions,
     ) -> Started {
+        self.start_running(permit, upload, options, import::run)
+    }
+
+    /// [`Imports::start`] with the import itself given: `run(options, control)`. A panic in
+    /// it ends the import as an internal failure, like any other: the entry ends, the
+    /// metrics count it, the partial rejects file goes.
+    fn start_running<Run, Running>(
+        &self,
+        permit: OwnedSemaphorePermit,
+        upload: Upload,
+        mut options: ImportOptions,
+        run: Run,
+    ) -> Started
+    where
+        Run: FnOnce(ImportOptions, ImportControl) -> Running,
+        Running: Future<Output = Result<ImportReport, ImportFailure>> + Send + 'static,
+    {
         let (run_id_sender, run_id) = oneshot::channel();
         let (done_sender, done) = oneshot::channel();
         let entry = Arc::new(LiveImport {
@@ -205,37 +224,53 @@ impl Imports {
             live: Arc::clone(&self.live),
             entry: Arc::clone(&entry),
             run_id: Mutex::new(Some(run_id_sender)),
+            recorded: Mutex::new(None),
         });
-        let rejects_partial = self
-            .uploads
-            .join(format!(".rejects-{}.csv", uuid::Uuid::new_v4().simple()));
+        // deleted when dropped, however the task ends, unless kept as the run's rejects
+        let rejects_partial = TempPath::try_from_path(
+            upload
+                .path
+                .with_file_name(format!(".rejects-{}.csv", uuid::Uuid::new_v4().simple())),
+        )
+        .expect("beside the upload, whose path is absolute: nothing to resolve");
         options.file = upload.path.to_path_buf();
         options.display_name = Some(upload.display_name.clone());
-        options.rejects = Some(rejects_partial.clone());
+        options.rejects = Some(rejects_partial.to_path_buf());
         let control = ImportControl {
-            progress: Some(progress),
+            progress: Some(Arc::clone(&progress) as Arc<dyn ProgressSink>),
             ..ImportControl::new()
         };
+        let handle = control.clone();
+        let running = run(options, control);
         let shutdown = self.cancel.clone();
         let live = Arc::clone(&self.live);
         let metrics = Arc::clone(&self.metrics);
         let uploads = self.uploads.clone();
         let retention = self.retention;
-        self.metrics.started();
+        let tracker = self.tracker.clone();
+        let in_flight = self.metrics.started();
         info!(file = %upload.display_name, bytes = upload.bytes, table = %entry.table, method = %entry.method, "import of an upload started");
         self.tracker.spawn(async move {
             let started = Instant::now();
-            let result = run_until_shutdown(options, control, shutdown).await;
+            // a task of its own, so that a panic in it comes back here as a JoinError
+            let joined = tracker
+                .spawn(run_until_shutdown(running, handle, shutdown))
+                .await;
+            let result = joined.unwrap_or_else(|error| Err(panicked(&error, *lock(&progress.recorded))));
             // the upload is deleted here, before anything else can fail
             drop(upload);
             let run_id = match &result {
                 Ok(report) => report.run_id,
                 Err(failure) => failure.run_id,
             };
+            if let Err(failure) = &result {
+                // the answer may say less (see client_message): the details are here
+                warn!(run_id, kind = ?failure.kind, error = %failure, "import of an upload failed");
+            }
             let ended = ended_of(&result);
             let rejects_href = keep_rejects(
                 &uploads,
-                &rejects_partial,
+                rejects_partial,
                 run_id,
                 ended.rejected_total,
                 retention,
@@ -251,6 +286,7 @@ impl Imports {
                 rejected,
                 started.elapsed().as_secs_f64(),
             );
+            drop(in_flight);
             info!(
                 run_id,
                 status = ended.status,
@@ -335,15 +371,27 @@ impl Imports {
     }
 }
 
+/// The failure of an import whose task panicked (recorded as `run_id`, when it got that far).
+fn panicked(error: &tokio::task::JoinError, run_id: Option<i64>) -> ImportFailure {
+    let error = match error.is_panic() {
+        true => anyhow::anyhow!("the import panicked (a bug in importer)"),
+        false => anyhow::anyhow!("the import task was cancelled"),
+    };
+    ImportFailure {
+        kind: FailureKind::Internal,
+        error,
+        stats: None,
+        run_id,
+    }
+}
+
 /// Runs one import; when the shutdown grace is over, cancels it naming the shutdown (the
 /// ledger then says `stopped by the service's shutdown`).
 async fn run_until_shutdown(
-    options: ImportOptions,
-    control: ImportControl,
+    running: impl Future<Output = Result<ImportReport, ImportFailure>>,
+    handle: ImportControl,
     shutdown: CancellationToken,
 ) -> Result<ImportReport, ImportFailure> {
-    let handle = control.clone();
-    let running = import::run(options, control);
     tokio::pin!(running);
     tokio::select! {
         result = &mut running => return result,
@@ -357,6 +405,8 @@ struct Progress {
     live: Arc<Mutex<BTreeMap<i64, Arc<LiveImport>>>>,
     entry: Arc<LiveImport>,
     run_id: Mutex<Option<oneshot::Sender<i64>>>,
+    /// The run id, once the ledger has it (for a failure that loses the report).
+    recorded: Mutex<Option<i64>>,
 }
 
 impl ProgressSink for Progress {
@@ -365,6 +415,7 @@ impl ProgressSink for Progress {
             return;
         };
         lock(&self.live).insert(run_id, Arc::clone(&self.entry));
+        *lock(&self.recorded) = Some(run_id);
         if let Some(sender) = lock(&self.run_id).take() {
             // the handler may be gone (the client left): the import goes on regardless
             let _unwaited = sender.send(run_id);
@@ -409,7 +460,7 @@ fn ended_of(result: &Result<ImportReport, ImportFailure>) -> Ended {
         Err(failure) => Ended {
             status: status_of(result),
             stats: failure.stats.clone(),
-            error: Some(failure.to_string()),
+            error: Some(client_message(failure)),
             rejects: Vec::new(),
             rejected_total: failure.stats.as_ref().map_or(0, |stats| stats.error_count),
         },
@@ -498,32 +549,30 @@ fn rejects_href(uploads: &Path, id: i64) -> Option<String> {
 /// it), then prunes the kept ones; returns its download path.
 async fn keep_rejects(
     uploads: &Path,
-    partial: &Path,
+    partial: TempPath,
     run_id: Option<i64>,
     rejected_total: u64,
     retention: Retention,
 ) -> Option<String> {
-    let (uploads, partial) = (uploads.to_path_buf(), partial.to_path_buf());
+    let uploads = uploads.to_path_buf();
     let kept = tokio::task::spawn_blocking(move || {
         let kept = match run_id {
             Some(id) if rejected_total > 0 && partial.is_file() => {
                 let target = rejects_file(&uploads, id);
-                match std::fs::rename(&partial, &target) {
+                match partial.persist(&target) {
                     Ok(()) => Some(format!("/imports/{id}/rejects.csv")),
                     Err(error) => {
-                        warn!(error = %error, "cannot keep the rejects file");
+                        warn!(error = %error.error, "cannot keep the rejects file");
+                        close_partial(error.path);
                         None
                     }
                 }
             }
-            _ => None,
+            _ => {
+                close_partial(partial);
+                None
+            }
         };
-        if kept.is_none()
-            && partial.exists()
-            && let Err(error) = std::fs::remove_file(&partial)
-        {
-            warn!(error = %error, "cannot delete a rejects file");
-        }
         prune_rejects(&uploads, retention);
         kept
     })
@@ -532,6 +581,16 @@ async fn keep_rejects(
         warn!("the rejects file keeper panicked");
         None
     })
+}
+
+/// Deletes a rejects file that is not kept (it may never have been written).
+fn close_partial(partial: TempPath) {
+    let exists = partial.exists();
+    if let Err(error) = partial.close()
+        && exists
+    {
+        warn!(error = %error, "cannot delete a rejects file");
+    }
 }
 
 /// Deletes the kept rejects files beyond the newest `retention.count` or older than
@@ -563,5 +622,73 @@ pub(crate) fn prune_rejects(uploads: &Path, retention: Retention) {
         {
             warn!(error = %error, file = %path.display(), "cannot delete an old rejects file");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_import_fails_as_internal_and_leaves_no_file_nor_count_behind() {
+        let uploads = std::env::temp_dir().join(format!(
+            "importer-panic-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&uploads).expect("the test directory is created");
+        let metrics = Arc::new(Metrics::new());
+        let retention = Retention {
+            count: 10,
+            age: Duration::from_secs(3600),
+        };
+        let imports = Imports::new(
+            1,
+            uploads.clone(),
+            retention,
+            Arc::clone(&metrics),
+            CancellationToken::new(),
+        );
+        let file = uploads.join("upload-1.csv");
+        std::fs::write(&file, "name\nada\n").expect("the upload is written");
+        let upload = Upload {
+            path: TempPath::try_from_path(file).expect("an absolute path"),
+            display_name: "people.csv".to_string(),
+            bytes: 9,
+        };
+        let permit = imports.try_permit().expect("a place is free");
+        let options = ImportOptions::new(PathBuf::new(), "postgres://nowhere");
+        // recorded, a rejected row written, then a bug
+        let started = imports.start_running(permit, upload, options, |options, control| {
+            async move {
+                if let Some(progress) = &control.progress {
+                    progress.started(Some(41));
+                }
+                let rejects = options.rejects.expect("the service asks for rejects");
+                std::fs::write(rejects, "row_number,column,reason,name\n2,name,bad,ada\n")
+                    .expect("the rejects are written");
+                panic!("a bug in the import");
+            }
+        });
+        let finished = started.done.await.expect("the task answers");
+        let failure = finished.result.expect_err("a panic is a failure");
+        assert_eq!(failure.kind, FailureKind::Internal, "{failure}");
+        assert_eq!(finished.run_id, Some(41));
+        let view = imports.view(41).expect("the import is known");
+        assert_eq!(view.status, "failed");
+        let text = metrics.render().expect("metrics render");
+        assert!(text.contains("importer_imports_in_flight 0"), "{text}");
+        assert!(
+            text.contains(r#"importer_imports_total{outcome="failed"} 1"#),
+            "{text}"
+        );
+        imports.tracker().close();
+        imports.tracker().wait().await;
+        let left: Vec<_> = std::fs::read_dir(&uploads)
+            .expect("the directory reads")
+            .filter_map(Result::ok)
+            .map(|entry| entry.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        std::fs::remove_dir_all(&uploads).ok();
     }
 }

@@ -20,6 +20,16 @@ struct OutcomeLabel {
     outcome: String,
 }
 
+/// One import in `imports_in_flight`, until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The service's metrics and their registry.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -76,14 +86,15 @@ impl Metrics {
         }
     }
 
-    /// An import started.
-    pub fn started(&self) {
+    /// An import started: it counts as in flight until the guard is dropped (however its
+    /// task ends).
+    pub fn started(&self) -> InFlight {
         self.in_flight.inc();
+        InFlight(self.in_flight.clone())
     }
 
     /// An import ended with `outcome`, having written and rejected these rows.
     pub fn finished(&self, outcome: &str, written: u64, rejected: u64, seconds: f64) {
-        self.in_flight.dec();
         self.imports
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.to_string(),
@@ -110,8 +121,9 @@ mod tests {
     #[test]
     fn metrics_count_imports_by_outcome_and_rows() {
         let metrics = Metrics::new();
-        metrics.started();
+        let in_flight = metrics.started();
         metrics.finished("rejected_rows", 7, 3, 0.2);
+        drop(in_flight);
         let text = metrics.render().expect("metrics encode");
         assert!(
             text.contains("importer_imports_total{outcome=\"rejected_rows\"} 1"),

@@ -34,6 +34,16 @@ pub enum Published {
     Refilled,
 }
 
+/// The name of a table that lives for one run only, `{prefix}_{pid}_{random}`: unique per
+/// run, not per process, since a service runs several imports at once in one process, and in
+/// a container every start has the same pid (the pid stays for telling runs apart in
+/// `pg_class`). It stays far below PostgreSQL's 63 bytes, with room for the
+/// `_index_N` names derived from it.
+pub fn run_table_name(prefix: &str) -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}_{}_{}", std::process::id(), &random[..12])
+}
+
 /// Creates `staging` with the target's columns, defaults, constraints and unique indexes,
 /// but none of its other indexes (they are built after the load, which is faster).
 /// Returns the secondary indexes to rebuild.
@@ -290,7 +300,7 @@ async fn try_swap_in(
     .collect::<Result<_, sqlx::Error>>()?;
     let retired = TableName {
         schema: target.schema.clone(),
-        name: format!("importer_retired_{}", std::process::id()),
+        name: run_table_name("importer_retired"),
     };
     // after the swap, every index of the new table takes the name of its twin on the old one
     let renames = index_renames(&mut transaction, staging, target).await?;
@@ -704,5 +714,23 @@ fn qualified(schema: Option<&str>, name: &str) -> String {
     match schema {
         Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(name)),
         None => quote_ident(name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_table_names_differ_per_run_and_leave_room_for_index_names() {
+        let first = run_table_name("importer_staging");
+        let second = run_table_name("importer_staging");
+        assert_ne!(first, second);
+        assert!(first.starts_with(&format!("importer_staging_{}_", std::process::id())));
+        let staging = TableName {
+            schema: None,
+            name: format!("{}_{}", run_table_name("importer_retired"), u32::MAX),
+        };
+        assert!(staging_index_name(&staging, 999).len() <= 63, "{staging}");
     }
 }

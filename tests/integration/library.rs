@@ -307,3 +307,156 @@ fn a_skipped_import_says_which_run_loaded_the_content() {
     assert_eq!(second.stats.total_records, 0);
     assert_eq!(db.count("once"), 1);
 }
+
+/// A progress sink that, on the first rows it hears (the staging table exists by then), says
+/// so on `loading` and holds its import still until `go` (at most a minute).
+struct Gate {
+    loading: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    go: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl ProgressSink for Gate {
+    fn rows(&self, _rows: RowsSoFar) {
+        let loading = self.loading.lock().expect("not poisoned").take();
+        if let Some(loading) = loading {
+            loading.send(()).ok();
+            let go = self.go.lock().expect("not poisoned");
+            go.recv_timeout(Duration::from_secs(60)).ok();
+        }
+    }
+}
+
+/// Starts an atomic import of `file` into `table` on a thread, held mid-load: returns once its
+/// staging table exists, with the sender that lets it go on and the thread.
+#[allow(clippy::result_large_err)] // the failure is what the test inspects, as returned
+fn held_atomic_import(
+    db: &TestDb,
+    file: &Path,
+    table: &str,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<Result<ImportReport, ImportFailure>>,
+) {
+    let (loading_sender, loading) = std::sync::mpsc::channel();
+    let (go, go_receiver) = std::sync::mpsc::channel();
+    let gate = Arc::new(Gate {
+        loading: Mutex::new(Some(loading_sender)),
+        go: Mutex::new(go_receiver),
+    });
+    let options = ImportOptions {
+        atomic: true,
+        ..options(db, file, table)
+    };
+    let control = ImportControl {
+        progress: Some(gate),
+        ..ImportControl::new()
+    };
+    let held = std::thread::spawn(move || import(options, control));
+    loading
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the held import starts loading");
+    (go, held)
+}
+
+/// Staging tables of this process, of the naming `importer_staging_{pid}_{random}`.
+fn staging_tables_of_this_process(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    db.rows(&format!(
+        "SELECT relname::text FROM pg_class WHERE relname LIKE 'importer\\_staging\\_{}\\_%'",
+        std::process::id()
+    ))
+}
+
+#[test]
+fn two_atomic_imports_into_two_tables_of_one_schema_at_once_both_succeed() {
+    let db = TestDb::new();
+    db.execute("CREATE TABLE first (name text, amount integer); CREATE TABLE second (name text, amount integer)");
+    let dir = TempDir::new();
+    let csv = dir.path("amounts.csv");
+    write_csv(&csv, "name,amount\nada,1\nbob,2\ncy,3\n");
+    let (go, held) = held_atomic_import(&db, &csv, "first");
+    // the service's case: one process, two staging tables in one schema at once
+    let second = import(
+        ImportOptions {
+            atomic: true,
+            ..options(&db, &csv, "second")
+        },
+        ImportControl::new(),
+    );
+    go.send(()).expect("the held import waits");
+    let first = held.join().expect("the held import's thread ends");
+    let second = second.expect("the second import succeeds beside the first");
+    let first = first.expect("the first import succeeds");
+    assert_eq!(first.outcome, ImportOutcome::AllIn);
+    assert_eq!(second.outcome, ImportOutcome::AllIn);
+    assert_eq!(db.count("first"), 3);
+    assert_eq!(db.count("second"), 3);
+    assert!(staging_tables_of_this_process(&db).is_empty());
+}
+
+#[test]
+fn a_dead_runs_staging_table_is_dropped_but_a_live_one_of_the_same_pid_is_not() {
+    let db = TestDb::new();
+    db.execute("CREATE TABLE first (name text, amount integer); CREATE TABLE second (name text, amount integer)");
+    let dir = TempDir::new();
+    let csv = dir.path("amounts.csv");
+    write_csv(&csv, "name,amount\nada,1\nbob,2\ncy,3\n");
+    let (go, held) = held_atomic_import(&db, &csv, "first");
+    assert_eq!(staging_tables_of_this_process(&db).len(), 1);
+    // a run into `second` by an earlier process of the same pid (a container restarted: pid
+    // 1 every time) died, leaving its staging table under the pid-only name
+    let dead_staging = format!("importer_staging_{}", std::process::id());
+    db.execute(&format!(
+        "CREATE TABLE IF NOT EXISTS public.{dead_staging} (name text, amount integer);
+         INSERT INTO importer.runs (file_path, file_size, sha256, sheet, table_schema,
+                table_name, method, mode, outcome, lock_pid, lock_backend_start,
+                staging_schema, staging_name)
+         VALUES ('old.csv', 0, 'x', 'old', 'public', 'second', 'batch', 'append', 'running',
+                 0, now(), 'public', '{dead_staging}')"
+    ));
+    let second = import(options(&db, &csv, "second"), ImportControl::new())
+        .expect("the import into second succeeds");
+    assert_eq!(second.outcome, ImportOutcome::AllIn);
+    assert!(
+        db.rows(&format!(
+            "SELECT 1 FROM pg_class WHERE relname = '{dead_staging}'"
+        ))
+        .is_empty(),
+        "the dead run's staging table is dropped"
+    );
+    assert_eq!(
+        staging_tables_of_this_process(&db).len(),
+        1,
+        "the live run's staging table is kept"
+    );
+    go.send(()).expect("the held import waits");
+    let first = held
+        .join()
+        .expect("the held import's thread ends")
+        .expect("the live import succeeds");
+    assert_eq!(first.outcome, ImportOutcome::AllIn);
+    assert_eq!(db.count("first"), 3);
+}
+
+#[test]
+fn a_rejects_file_that_cannot_be_written_fails_as_internal() {
+    let db = TestDb::new();
+    db.execute("CREATE TABLE scores (name text, points integer)");
+    let dir = TempDir::new();
+    let csv = dir.path("scores.csv");
+    write_csv(&csv, "name,points\nada,1\nbob,many\n");
+    // a full disk: the rows load, the rejects file fails when it is flushed
+    let failure = import(
+        ImportOptions {
+            rejects: Some("/dev/full".into()),
+            ..options(&db, &csv, "scores")
+        },
+        ImportControl::new(),
+    )
+    .expect_err("an output file failed");
+    assert_eq!(failure.kind, FailureKind::Internal, "{failure}");
+    assert!(
+        failure.to_string().contains("an output file failed"),
+        "{failure}"
+    );
+    assert_eq!(db.count("scores"), 1);
+}

@@ -325,7 +325,7 @@ fn atomic_run_killed_with_sigterm_leaves_the_target_untouched_and_exits_143() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let staging = format!("importer_staging_{}", child.id());
+    let staging_like = format!("importer\\_staging\\_{}\\_%", child.id());
     let stderr = child.stderr.take().unwrap();
     let (line_sender, line_receiver) = std::sync::mpsc::channel::<String>();
     let stderr_lines = std::thread::spawn(move || {
@@ -346,6 +346,15 @@ fn atomic_run_killed_with_sigterm_leaves_the_target_untouched_and_exits_143() {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(60);
+    // the staging table is named per run: the child's pid and a random suffix
+    let staging = loop {
+        if let Some(name) = db.scalar(&format!(
+            "SELECT relname::text FROM pg_class WHERE relname LIKE '{staging_like}'"
+        )) {
+            break name;
+        }
+        assert!(Instant::now() < deadline, "no staging table was created");
+    };
     while db.scalar(&format!("SELECT count(*) FROM {staging}")) == Some("0".into()) {
         assert!(Instant::now() < deadline, "no rows were staged");
     }

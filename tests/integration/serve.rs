@@ -898,3 +898,32 @@ fn rejected_rows_are_answered_200_with_the_rejects() {
         answer["stats"]["success_count"].as_u64().unwrap()
     );
 }
+
+#[test]
+fn a_database_failure_answers_a_generic_line_and_logs_the_details() {
+    let dir = TempDir::new();
+    let file = dir.path("people.csv");
+    std::fs::write(&file, "name\nAda\n").unwrap();
+    let down = Service::start(
+        "postgres://secret_user@127.0.0.1:1/secret_db",
+        &["--table", "people", "--connect-timeout", "0"],
+    );
+    let (status, answer) = post_file(&down, "/upload", &file, "people.csv", None);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    let error = answer["error"].as_str().expect("an error line");
+    assert!(error.contains("the service log has the details"), "{error}");
+    for secret in ["127.0.0.1", ":1", "secret_db", "secret_user"] {
+        assert!(!answer.to_string().contains(secret), "{secret}: {answer}");
+    }
+    // the operator sees what failed
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !down.stderr().contains("import of an upload failed") {
+        assert!(Instant::now() < deadline, "{}", down.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let logged = down.stderr();
+    assert!(
+        logged.contains("secret_db") && logged.contains("127.0.0.1:1"),
+        "{logged}"
+    );
+}
