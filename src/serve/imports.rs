@@ -25,8 +25,8 @@ use super::error::{ApiError, client_message};
 use super::metrics::Metrics;
 use super::upload::Upload;
 use crate::import::{
-    self, FailureKind, ImportControl, ImportFailure, ImportOptions, ImportOutcome, ImportReport, ProgressSink,
-    RejectedRow, RowsSoFar,
+    self, FailureKind, ImportControl, ImportFailure, ImportOptions, ImportOutcome, ImportReport,
+    ProgressSink, RejectedRow, RowsSoFar,
 };
 use crate::sink::ledger::RunEntry;
 use crate::stats::ImportStats;
@@ -256,7 +256,10 @@ impl Imports {
             let joined = tracker
                 .spawn(run_until_shutdown(running, handle, shutdown))
                 .await;
-            let result = joined.unwrap_or_else(|error| Err(panicked(&error, *lock(&progress.recorded))));
+            let result = match joined {
+                Ok(result) => result,
+                Err(error) => Err(panicked(&error, *lock(&progress.recorded))),
+            };
             // the upload is deleted here, before anything else can fail
             drop(upload);
             let run_id = match &result {
@@ -631,10 +634,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_import_fails_as_internal_and_leaves_no_file_nor_count_behind() {
-        let uploads = std::env::temp_dir().join(format!(
-            "importer-panic-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let uploads =
+            std::env::temp_dir().join(format!("importer-panic-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&uploads).expect("the test directory is created");
         let metrics = Arc::new(Metrics::new());
         let retention = Retention {
@@ -658,8 +659,8 @@ mod tests {
         let permit = imports.try_permit().expect("a place is free");
         let options = ImportOptions::new(PathBuf::new(), "postgres://nowhere");
         // recorded, a rejected row written, then a bug
-        let started = imports.start_running(permit, upload, options, |options, control| {
-            async move {
+        let started =
+            imports.start_running(permit, upload, options, |options, control| async move {
                 if let Some(progress) = &control.progress {
                     progress.started(Some(41));
                 }
@@ -667,8 +668,7 @@ mod tests {
                 std::fs::write(rejects, "row_number,column,reason,name\n2,name,bad,ada\n")
                     .expect("the rejects are written");
                 panic!("a bug in the import");
-            }
-        });
+            });
         let finished = started.done.await.expect("the task answers");
         let failure = finished.result.expect_err("a panic is a failure");
         assert_eq!(failure.kind, FailureKind::Internal, "{failure}");
