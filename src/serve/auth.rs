@@ -87,7 +87,12 @@ pub(crate) async fn require_same_origin(
     let host = headers
         .get(header::HOST)
         .and_then(|value| value.to_str().ok())
-        .or_else(|| request.uri().authority().map(|authority| authority.as_str()));
+        .or_else(|| {
+            request
+                .uri()
+                .authority()
+                .map(|authority| authority.as_str())
+        });
     if state.config.token.is_none() && !host.is_some_and(is_loopback_host) {
         return forbidden(
             "without a token this service answers only requests addressed to a loopback name (localhost, 127.0.0.1, [::1])",
@@ -103,7 +108,9 @@ pub(crate) async fn require_same_origin(
             })
         });
         if !same {
-            return forbidden("cross-origin requests are refused: use the service's own page or a client that sends no Origin");
+            return forbidden(
+                "cross-origin requests are refused: use the service's own page or a client that sends no Origin",
+            );
         }
     }
     let cross_site = headers
@@ -114,7 +121,9 @@ pub(crate) async fn require_same_origin(
             .get("sec-fetch-mode")
             .is_some_and(|value| value.as_bytes() == b"navigate");
     if cross_site && !followed_link {
-        return forbidden("cross-site requests are refused: use the service's own page or a client that sends no Origin");
+        return forbidden(
+            "cross-site requests are refused: use the service's own page or a client that sends no Origin",
+        );
     }
     next.run(request).await
 }

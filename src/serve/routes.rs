@@ -454,7 +454,10 @@ async fn list_imports(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = query.limit.unwrap_or(LISTED_IMPORTS).clamp(1, LISTED_IMPORTS_MAX);
+    let limit = query
+        .limit
+        .unwrap_or(LISTED_IMPORTS)
+        .clamp(1, LISTED_IMPORTS_MAX);
     // the ledger is shared with `importer run` and other services: only the runs into
     // tables this service admits are shown, among the newest LEDGER_SCANNED
     let entries = ledger::list_runs(&state.pool, &state.ledger, None, LEDGER_SCANNED)

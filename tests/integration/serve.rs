@@ -962,7 +962,11 @@ fn cross_site_and_rebound_requests_are_refused() {
         "Sec-Fetch-Mode: navigate",
     ]);
     assert_eq!(link, "200");
-    let named = curl_status(&[&service.url("/imports"), "-H", &format!("Host: localhost:{port}")]);
+    let named = curl_status(&[
+        &service.url("/imports"),
+        "-H",
+        &format!("Host: localhost:{port}"),
+    ]);
     assert_eq!(named, "200");
     let (status, _) = post_file(&service, "/upload", &file, "good.xlsx", None);
     assert_eq!(status, StatusCode::OK);
@@ -983,7 +987,10 @@ fn with_a_token_any_host_is_served_but_not_cross_site() {
     let bearer = format!("Authorization: BEARER {token}");
     let imports = service.url("/imports");
     let status = curl_status(&[&imports, "-H", &bearer, "-H", "Host: importer.internal"]);
-    assert_eq!(status, "200", "the scheme name is case-insensitive, any Host");
+    assert_eq!(
+        status, "200",
+        "the scheme name is case-insensitive, any Host"
+    );
     let status = curl_status(&[&imports, "-H", &bearer, "-H", "Origin: http://evil.example"]);
     assert_eq!(status, "403");
 }
@@ -1007,7 +1014,13 @@ fn an_allow_pattern_never_admits_a_table_of_another_schema() {
         assert_eq!(status, StatusCode::FORBIDDEN, "{table}: {answer}");
     }
     assert_eq!(db.count("sales.payroll"), 0);
-    let (status, answer) = post_file(&service, "/upload?table=sales_2024", &file, "people.csv", None);
+    let (status, answer) = post_file(
+        &service,
+        "/upload?table=sales_2024",
+        &file,
+        "people.csv",
+        None,
+    );
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(db.count("sales_2024"), 1);
 }
@@ -1147,7 +1160,10 @@ fn a_second_instance_on_a_taken_port_leaves_the_running_ones_files_alone() {
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot listen"), "{stderr}");
-    assert!(in_flight.is_file(), "the running service's upload was deleted");
+    assert!(
+        in_flight.is_file(),
+        "the running service's upload was deleted"
+    );
 }
 
 #[test]
