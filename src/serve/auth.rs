@@ -1,6 +1,7 @@
 //! Who may call the service and what they may name: the bearer token (checked in constant
-//! time) and the `--allow-table` patterns. The token is required whenever one is configured,
-//! and `cmd::serve` refuses to listen beyond loopback without one.
+//! time), the same-origin rule (no cross-site request, and without a token no `Host` but a
+//! loopback name), and the `--allow-table` patterns. The token is required whenever one is
+//! configured, and `serve::run` refuses to listen beyond loopback without one.
 
 use std::net::SocketAddr;
 
