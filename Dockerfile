@@ -17,4 +17,4 @@ USER importer
 WORKDIR /var/lib/importer
 EXPOSE 8080
 ENTRYPOINT ["importer"]
-CMD ["serve", "--listen", "0.0.0.0:8080", "--uploads", "/var/lib/importer/uploads"]
+CMD ["serve", "--listen", "0.0.0.0:8080", "--uploads", "/var/lib/importer/uploads", "--table", "businesses"]

@@ -13,15 +13,30 @@ use crate::serve::{self, Retention, ServeConfig};
 /// The environment variable that holds the bearer token.
 const TOKEN_VARIABLE: &str = "IMPORTER_TOKEN";
 
-/// Runs the service until SIGTERM or Ctrl-C, then shuts it down cleanly (exit 0).
+/// Runs the service until SIGTERM or Ctrl-C, then shuts it down cleanly (exit 0); a second
+/// signal during the shutdown ends it at once (exit 1).
 pub async fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
     let config = config_of(&args)?;
     let mut signals = super::SignalListener::install()?;
-    let shutdown = async move {
+    let (first_signal, shutdown) = tokio::sync::oneshot::channel::<()>();
+    let service = serve::run(config, async move {
+        // a dropped sender (cannot happen before a signal) also shuts down
+        let _either = shutdown.await;
+    });
+    let second_signal = async {
         let signal = signals.recv().await;
         tracing::info!(signal = signal.name(), "signal received");
+        // the service is waiting on the receiver, which lives as long as it does
+        let _sent = first_signal.send(());
+        signals.recv().await
     };
-    serve::run(config, shutdown).await?;
+    tokio::select! {
+        served = service => served?,
+        signal = second_signal => bail!(
+            "stopped by a second signal ({}) without waiting for the running imports (the next run on their table records them died)",
+            signal.name()
+        ),
+    }
     Ok(Outcome::AllIn)
 }
 
@@ -59,7 +74,8 @@ fn config_of(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         request_timeout: Duration::from_secs(args.request_timeout),
         retention: Retention {
-            count: args.keep_rejects,
+            // the file of the import that just ended is always kept: its response links it
+            count: args.keep_rejects.max(1),
             age: Duration::from_secs(args.keep_rejects_hours * 3600),
         },
         defaults,

@@ -12,7 +12,8 @@
 //!
 //! Shutdown (SIGTERM, Ctrl-C): stop accepting connections, give running imports
 //! `--shutdown-grace`, then cancel the rest through their tokens (the ledger records them
-//! `cancelled`), wait for every task, and return.
+//! `cancelled`), wait for every task, give open connections a few seconds more, and return.
+//! A second signal ends the process at once (`cmd::serve`).
 
 mod auth;
 mod error;
@@ -37,6 +38,9 @@ pub use routes::REJECTS_SHOWN;
 
 use crate::import::ImportOptions;
 use crate::sink::ledger::Ledger;
+
+/// How long open connections may take to end once the running imports were cancelled.
+const SERVER_DRAIN: Duration = Duration::from_secs(5);
 
 /// Everything the service is started with: plain data (`cmd::serve` builds it from flags).
 #[derive(Clone)]
@@ -74,6 +78,9 @@ pub(crate) struct AppState {
     ledger: Ledger,
     imports: imports::Imports,
     metrics: Arc<metrics::Metrics>,
+    /// Cancelled when the shutdown grace is over: running imports and uploads still
+    /// streaming stop then.
+    cancel_imports: CancellationToken,
 }
 
 /// The config as the handlers use it (the token already digested).
@@ -106,8 +113,6 @@ pub async fn run(
             config.uploads.display()
         )
     })?;
-    remove_leftover_uploads(&config.uploads);
-    imports::prune_rejects(&config.uploads, config.retention);
     let pool = service_pool(config.defaults.database_url.as_deref())?;
     let metrics = Arc::new(metrics::Metrics::new());
     let cancel_imports = CancellationToken::new();
@@ -131,6 +136,7 @@ pub async fn run(
         pool: pool.clone(),
         ledger: Ledger::new(config.ledger_schema.clone()),
         metrics,
+        cancel_imports: cancel_imports.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -138,6 +144,10 @@ pub async fn run(
     let address = listener
         .local_addr()
         .context("cannot read the address listened on")?;
+    // only once the port is ours: a second instance started by mistake on the same
+    // directory fails to bind above and leaves the running one's files alone
+    remove_leftover_uploads(&config.uploads);
+    imports::prune_rejects(&config.uploads, config.retention);
     info!(address = %address, "listening on http://{address}");
     let stop_accepting = CancellationToken::new();
     let app = routes::router(Arc::clone(&state));
@@ -153,20 +163,28 @@ pub async fn run(
             info!(running, grace_seconds = config.shutdown_grace.as_secs(), "shutting down: no new connections; running imports get the grace period");
             stop_accepting.cancel();
             state.imports.tracker().close();
-            let waiting = async {
-                let served = (&mut server).await;
+            let mut served = None;
+            let graceful = async {
+                served = Some((&mut server).await);
                 state.imports.tracker().wait().await;
-                served
             };
-            tokio::pin!(waiting);
-            tokio::select! {
-                served = &mut waiting => served,
-                () = tokio::time::sleep(config.shutdown_grace) => {
-                    warn!(running = state.imports.running_count(), "the shutdown grace is over: cancelling the running imports");
-                    cancel_imports.cancel();
-                    waiting.await
+            if tokio::time::timeout(config.shutdown_grace, graceful).await.is_err() {
+                warn!(running = state.imports.running_count(), "the shutdown grace is over: cancelling the running imports");
+                cancel_imports.cancel();
+                state.imports.tracker().wait().await;
+                // cancelled uploads answer 503 at once; a client still sending or reading
+                // slowly is not waited for beyond SERVER_DRAIN (dropping the server closes it)
+                if served.is_none() {
+                    served = match tokio::time::timeout(SERVER_DRAIN, &mut server).await {
+                        Ok(result) => Some(result),
+                        Err(_) => {
+                            warn!(drain_seconds = SERVER_DRAIN.as_secs(), "connections still open after the shutdown: closing them");
+                            Some(Ok(()))
+                        }
+                    };
                 }
             }
+            served.unwrap_or(Ok(()))
         }
     };
     // imports started by requests still being answered are awaited too

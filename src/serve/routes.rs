@@ -30,7 +30,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use super::AppState;
-use super::auth::{require_token, table_allowed};
+use super::auth::{require_same_origin, require_token, resolved_table_allowed, table_allowed};
 use super::error::{ApiError, message_for_status};
 use super::imports::{Finished, ImportView, RejectView, status_of};
 use super::metrics;
@@ -55,6 +55,12 @@ pub const REJECTS_SHOWN: usize = 100;
 
 /// Imports listed by `GET /imports` (newest first) unless `?limit=` says otherwise.
 const LISTED_IMPORTS: u32 = 50;
+
+/// Most imports `GET /imports?limit=` lists.
+const LISTED_IMPORTS_MAX: u32 = 1000;
+
+/// Newest ledger runs `GET /imports` looks among for those of the allowed tables.
+const LEDGER_SCANNED: u32 = 5000;
 
 /// Longest `GET /ready` waits for the database.
 const READY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -84,6 +90,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/ready", get(ready))
         .route("/config", get(config))
         .merge(guarded)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_same_origin,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             state.config.request_timeout,
@@ -254,6 +264,7 @@ async fn begin(
         multipart,
         &state.config.uploads,
         state.config.max_upload_bytes,
+        &state.cancel_imports,
     )
     .await?;
     if options.table.is_none() {
@@ -443,12 +454,20 @@ async fn list_imports(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = query.limit.unwrap_or(LISTED_IMPORTS).clamp(1, 1000);
-    let entries = ledger::list_runs(&state.pool, &state.ledger, None, limit)
+    let limit = query
+        .limit
+        .unwrap_or(LISTED_IMPORTS)
+        .clamp(1, LISTED_IMPORTS_MAX);
+    // the ledger is shared with `importer run` and other services: only the runs into
+    // tables this service admits are shown, among the newest LEDGER_SCANNED
+    let entries = ledger::list_runs(&state.pool, &state.ledger, None, LEDGER_SCANNED)
         .await
         .map_err(ledger_error)?;
+    let search_path = search_path(&state).await?;
     let imports: Vec<ImportView> = entries
         .iter()
+        .filter(|entry| entry_allowed(&state, &search_path, entry))
+        .take(limit as usize)
         .map(|entry| state.imports.view_of_entry(entry))
         .collect();
     Ok(Json(json!({ "imports": imports })))
@@ -466,9 +485,26 @@ async fn show_import(
         .await
         .map_err(ledger_error)?;
     match entry {
-        Some(entry) => Ok(Json(state.imports.view_of_entry(&entry))),
-        None => Err(no_such_import(id)),
+        Some(entry) if entry_allowed(&state, &search_path(&state).await?, &entry) => {
+            Ok(Json(state.imports.view_of_entry(&entry)))
+        }
+        // a run into a table outside --allow-table is none of this service's business
+        _ => Err(no_such_import(id)),
     }
+}
+
+/// Whether a ledger run went into a table the service admits.
+fn entry_allowed(state: &AppState, search_path: &[String], entry: &ledger::RunEntry) -> bool {
+    let (schema, name) = &entry.schema_and_name;
+    resolved_table_allowed(&state.config.allowed_tables, search_path, schema, name)
+}
+
+/// The schemas an unqualified table name resolves in, for the service's connections.
+async fn search_path(state: &AppState) -> Result<Vec<String>, ApiError> {
+    sqlx::query_scalar::<_, Vec<String>>("SELECT current_schemas(false)::text[]")
+        .fetch_one(&state.pool)
+        .await
+        .map_err(|error| ledger_error(anyhow::Error::new(error)))
 }
 
 async fn download_rejects(

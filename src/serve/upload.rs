@@ -12,6 +12,7 @@ use axum::extract::multipart::MultipartError;
 use axum::http::StatusCode;
 use tempfile::TempPath;
 use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
 
 use super::error::{ApiError, too_large};
 use crate::source::{UPLOAD_HEAD_BYTES, upload_format};
@@ -36,7 +37,24 @@ pub(crate) struct Upload {
 
 /// Streams the field `file` of `multipart` into a new file in `directory`, refusing more
 /// than `max_bytes` (413) and content that is no spreadsheet (415). Other fields are skipped.
+/// Once `shutdown` is cancelled, an upload still streaming is refused (503).
 pub(crate) async fn receive(
+    multipart: Multipart,
+    directory: &Path,
+    max_bytes: u64,
+    shutdown: &CancellationToken,
+) -> Result<Upload, ApiError> {
+    tokio::select! {
+        received = receive_file(multipart, directory, max_bytes) => received,
+        () = shutdown.cancelled() => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the service is shutting down: the upload was not finished in time; retry on the next instance",
+        )),
+    }
+}
+
+/// [`receive`] without the shutdown: dropped with it, the partial file is deleted.
+async fn receive_file(
     mut multipart: Multipart,
     directory: &Path,
     max_bytes: u64,

@@ -359,6 +359,9 @@ pub struct RunEntry {
     pub sheet: String,
     /// Schema-qualified.
     pub table: String,
+    /// The same table as its schema and name apart (a schema's name may hold a dot).
+    #[serde(skip)]
+    pub schema_and_name: (String, String),
     pub method: String,
     pub mode: String,
     /// ISO 8601 with the offset.
@@ -447,6 +450,7 @@ fn run_entry(row: &sqlx::postgres::PgRow, ledger: &Ledger) -> anyhow::Result<Run
             sha256: row.try_get("sha256")?,
             sheet: row.try_get("sheet")?,
             table: format!("{table_schema}.{table_name}"),
+            schema_and_name: (table_schema.clone(), table_name.clone()),
             method: row.try_get("method")?,
             mode: row.try_get("mode")?,
             started_at: row.try_get("started_at")?,

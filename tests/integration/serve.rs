@@ -927,3 +927,284 @@ fn a_database_failure_answers_a_generic_line_and_logs_the_details() {
         "{logged}"
     );
 }
+
+/// The status code curl saw for `args` (`-w '%{http_code}'`, body discarded).
+fn curl_status(args: &[&str]) -> String {
+    let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+    all.extend_from_slice(args);
+    curl(&all)
+}
+
+#[test]
+fn cross_site_and_rebound_requests_are_refused() {
+    let db = businesses_db();
+    let dir = TempDir::new();
+    let file = generate(&dir, "good.xlsx", 20, 0.0);
+    let form = format!("file=@{}", file.display());
+    let service = Service::start(&db.url, &["--table", "businesses"]);
+    let upload = service.url("/upload");
+    let address = service.base.trim_start_matches("http://").to_string();
+    let port = address.rsplit(':').next().expect("a port");
+    // a page of another site posting a form (a CORS simple request)
+    for header in [
+        "Origin: http://evil.example".to_string(),
+        "Origin: null".to_string(),
+        format!("Origin: http://localhost:{port}"),
+        "Sec-Fetch-Site: cross-site".to_string(),
+    ] {
+        let status = curl_status(&["-X", "POST", &upload, "-H", &header, "-F", &form]);
+        assert_eq!(status, "403", "{header}");
+    }
+    // a site whose name was rebound to 127.0.0.1 is same-origin to the browser, not to us
+    for path in ["/upload", "/imports", "/"] {
+        let status = curl_status(&[
+            &service.url(path),
+            "-H",
+            &format!("Host: evil.example:{port}"),
+            "-H",
+            &format!("Origin: http://evil.example:{port}"),
+        ]);
+        assert_eq!(status, "403", "{path}");
+    }
+    let answer = curl(&[&service.url("/imports"), "-H", "Host: evil.example"]);
+    assert!(answer.contains("loopback"), "{answer}");
+    assert_eq!(db.count("businesses"), 0);
+    // the page's own requests, followed links and clients without Origin go through
+    let origin = format!("Origin: {}", service.base);
+    let status = curl_status(&[
+        "-X",
+        "POST",
+        &upload,
+        "-H",
+        &origin,
+        "-H",
+        "Sec-Fetch-Site: same-origin",
+        "-F",
+        &form,
+    ]);
+    assert_eq!(status, "200");
+    let link = curl_status(&[
+        &service.url("/"),
+        "-H",
+        "Sec-Fetch-Site: cross-site",
+        "-H",
+        "Sec-Fetch-Mode: navigate",
+    ]);
+    assert_eq!(link, "200");
+    let named = curl_status(&[
+        &service.url("/imports"),
+        "-H",
+        &format!("Host: localhost:{port}"),
+    ]);
+    assert_eq!(named, "200");
+    let (status, _) = post_file(&service, "/upload", &file, "good.xlsx", None);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(db.count("businesses"), 40);
+}
+
+#[test]
+fn with_a_token_any_host_is_served_but_not_cross_site() {
+    let db = businesses_db();
+    let dir = TempDir::new();
+    let token = "tok3n";
+    let service = Service::start_with(
+        &db.url,
+        &["--table", "businesses"],
+        &[("IMPORTER_TOKEN", token)],
+        &dir.path("uploads"),
+    );
+    let bearer = format!("Authorization: BEARER {token}");
+    let imports = service.url("/imports");
+    let status = curl_status(&[&imports, "-H", &bearer, "-H", "Host: importer.internal"]);
+    assert_eq!(
+        status, "200",
+        "the scheme name is case-insensitive, any Host"
+    );
+    let status = curl_status(&[&imports, "-H", &bearer, "-H", "Origin: http://evil.example"]);
+    assert_eq!(status, "403");
+}
+
+#[test]
+fn an_allow_pattern_never_admits_a_table_of_another_schema() {
+    let db = businesses_db();
+    db.execute("CREATE SCHEMA sales; CREATE TABLE sales.payroll (name text, city text)");
+    let dir = TempDir::new();
+    let file = dir.path("people.csv");
+    std::fs::write(&file, "name,city\nAda,London\n").unwrap();
+    let service = Service::start(&db.url, &["--allow-table", "sales*"]);
+    for table in ["sales.payroll", "salesx.payroll"] {
+        let (status, answer) = post_file(
+            &service,
+            &format!("/upload?table={table}"),
+            &file,
+            "people.csv",
+            None,
+        );
+        assert_eq!(status, StatusCode::FORBIDDEN, "{table}: {answer}");
+    }
+    assert_eq!(db.count("sales.payroll"), 0);
+    let (status, answer) = post_file(
+        &service,
+        "/upload?table=sales_2024",
+        &file,
+        "people.csv",
+        None,
+    );
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(db.count("sales_2024"), 1);
+}
+
+#[test]
+fn imports_into_tables_outside_the_allow_list_are_neither_listed_nor_shown() {
+    let db = businesses_db();
+    let dir = TempDir::new();
+    let file = generate(&dir, "good.xlsx", 20, 0.0);
+    // an `importer run` into another table, in the same run ledger
+    let run = db.importer(&["run", "--table", "secret", file.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let secret_id: i64 = db
+        .scalar("SELECT max(id) FROM importer.runs")
+        .and_then(|id| id.parse().ok())
+        .expect("the run is in the ledger");
+    let service = Service::start(&db.url, &["--table", "businesses"]);
+    let (status, answer) = post_file(&service, "/upload", &file, "good.xlsx", None);
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let own_id = answer["id"].as_i64().expect("an id");
+    let (status, list) = get_json(&service, "/imports", None);
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<i64> = list["imports"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|import| import["id"].as_i64())
+        .collect();
+    assert_eq!(ids, vec![own_id], "{list}");
+    let (status, answer) = get_json(&service, &format!("/imports/{secret_id}"), None);
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    // after a restart (from the ledger, not memory) the service's own run is still shown
+    drop(service);
+    let restarted = Service::start(&db.url, &["--table", "businesses"]);
+    let (status, answer) = get_json(&restarted, &format!("/imports/{own_id}"), None);
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        get_json(&restarted, &format!("/imports/{secret_id}"), None).0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[test]
+fn an_upload_still_streaming_does_not_hold_up_the_shutdown() {
+    let db = businesses_db();
+    let dir = TempDir::new();
+    let good = generate(&dir, "good.xlsx", 5, 0.0);
+    let mut service = Service::start(
+        &db.url,
+        &[
+            "--table",
+            "businesses",
+            "--max-concurrent-imports",
+            "1",
+            "--shutdown-grace",
+            "1",
+        ],
+    );
+    let mut slow = unfinished_upload(&service);
+    // the one place is taken once the service is receiving the slow upload
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, answer) = post_file(&service, "/upload", &good, "good.xlsx", None);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}: {answer}");
+    }
+    let imported = db.count("businesses");
+    let stopping = Instant::now();
+    service.terminate();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).ok();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("shutting down"), "{answer}");
+    let exit = service.wait(Duration::from_secs(20));
+    assert_eq!(exit.code(), Some(0), "{}", service.stderr());
+    assert!(stopping.elapsed() < Duration::from_secs(20));
+    assert_eq!(db.count("businesses"), imported);
+}
+
+#[test]
+fn a_second_signal_ends_the_shutdown_at_once() {
+    let db = businesses_db();
+    let dir = TempDir::new();
+    let file = generate(&dir, "slow.xlsx", 100_000, 0.0);
+    let mut service = Service::start(
+        &db.url,
+        &[
+            "--table",
+            "businesses",
+            "--method",
+            "sequential",
+            "--shutdown-grace",
+            "600",
+        ],
+    );
+    let (status, answer) = post_file(&service, "/imports", &file, "slow.xlsx", None);
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while db.count("businesses") == 0 {
+        assert!(Instant::now() < deadline, "no row arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    service.terminate();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !service.stderr().contains("shutting down") {
+        assert!(Instant::now() < deadline, "{}", service.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    service.terminate();
+    let exit = service.wait(Duration::from_secs(10));
+    assert_eq!(exit.code(), Some(1), "{}", service.stderr());
+    assert!(
+        service.stderr().contains("second signal"),
+        "{}",
+        service.stderr()
+    );
+    assert!(db.count("businesses") < 100_000);
+}
+
+#[test]
+fn a_second_instance_on_a_taken_port_leaves_the_running_ones_files_alone() {
+    let db = businesses_db();
+    let dir = TempDir::new();
+    let uploads = dir.path("uploads");
+    let service = Service::start_with(&db.url, &["--table", "businesses"], &[], &uploads);
+    let in_flight = uploads.join("upload-in-flight.part");
+    std::fs::write(&in_flight, "name,city\n").unwrap();
+    let address = service.base.trim_start_matches("http://");
+    let output = serve_command(&db.url, &["--table", "businesses"], &[], &uploads)
+        .args(["--listen", address])
+        .output()
+        .expect("the importer binary runs");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot listen"), "{stderr}");
+    assert!(
+        in_flight.is_file(),
+        "the running service's upload was deleted"
+    );
+}
+
+#[test]
+fn keep_rejects_zero_still_keeps_the_file_it_links() {
+    let db = businesses_db();
+    let dir = TempDir::new();
+    let file = generate(&dir, "messy.xlsx", 100, 0.1);
+    let service = Service::start(&db.url, &["--table", "businesses", "--keep-rejects", "0"]);
+    let (status, answer) = post_file(&service, "/upload", &file, "messy.xlsx", None);
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let href = answer["rejects_href"].as_str().expect("a rejects file");
+    let csv = client().get(service.url(href)).send().unwrap();
+    assert_eq!(csv.status(), StatusCode::OK);
+    assert!(csv.text().unwrap().starts_with("row_number,"));
+}
