@@ -102,6 +102,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             Arc::clone(&state),
             json_errors,
         ))
+        .layer(middleware::from_fn(super::upload::read_refused_bodies))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

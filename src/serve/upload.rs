@@ -6,10 +6,20 @@
 //! dropped, whatever the import's ending.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Multipart;
+use axum::extract::Request;
 use axum::extract::multipart::MultipartError;
 use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::Response;
+use futures_util::StreamExt;
+use http_body::{Frame, SizeHint};
 use tempfile::TempPath;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
@@ -205,6 +215,71 @@ fn write_error(error: std::io::Error, directory: &Path) -> ApiError {
         "cannot write the upload into {}",
         directory.display()
     )))
+}
+
+/// Most bytes of a refused request's body read (and thrown away) before its answer is sent.
+const REFUSED_BODY_READ_MAX_BYTES: u64 = 64 << 20;
+
+/// Longest a refused request's body is read before its answer is sent anyway.
+const REFUSED_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Middleware: a request refused before its body was read (no token, a table not allowed,
+/// too many imports at once, a bad query) has the rest of its body read and thrown away,
+/// up to a bound, before the answer goes out. Answering and closing while the client is
+/// still sending makes most clients report a broken connection instead of the answer
+/// (the 401, 403 or 429 the client needs to act on). Past the bound the answer is sent and
+/// the connection closed, as before.
+pub(crate) async fn read_refused_bodies(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let shared = Arc::new(Mutex::new(body));
+    let request = Request::from_parts(parts, Body::new(SharedBody(Arc::clone(&shared))));
+    let response = next.run(request).await;
+    if response.status().is_client_error() || response.status().is_server_error() {
+        // the handler is done with the body: what it left unread is ours to read
+        let rest = std::mem::take(&mut *lock_body(&shared));
+        let mut frames = rest.into_data_stream();
+        let _ = tokio::time::timeout(REFUSED_BODY_READ_TIMEOUT, async {
+            let mut read = 0_u64;
+            while let Some(Ok(chunk)) = frames.next().await {
+                read += chunk.len() as u64;
+                if read > REFUSED_BODY_READ_MAX_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    response
+}
+
+/// A request body that the handler reads through while [`read_refused_bodies`] keeps a hold
+/// on it (the lock is only ever taken by one of the two at a time).
+struct SharedBody(Arc<Mutex<Body>>);
+
+fn lock_body(body: &Mutex<Body>) -> std::sync::MutexGuard<'_, Body> {
+    // a poll that panicked leaves a body that is only read to be thrown away
+    body.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl HttpBody for SharedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut *lock_body(&self.0)).poll_frame(context)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        lock_body(&self.0).is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        lock_body(&self.0).size_hint()
+    }
 }
 
 #[cfg(test)]
