@@ -223,10 +223,10 @@ const REFUSED_BODY_READ_MAX_BYTES: u64 = 64 << 20;
 /// Longest a refused request's body is read before its answer is sent anyway.
 const REFUSED_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Middleware: a request refused before its body was read (no token, a table not allowed,
-/// too many imports at once, a bad query) has the rest of its body read and thrown away,
-/// up to a bound, before the answer goes out. Answering and closing while the client is
-/// still sending makes most clients report a broken connection instead of the answer
+/// Middleware: a request refused (4xx) before its body was read (no token, a table not
+/// allowed, too many imports at once, a bad query) has the rest of its body read and thrown
+/// away, up to a bound, before the answer goes out. Answering and closing while the client
+/// is still sending makes most clients report a broken connection instead of the answer
 /// (the 401, 403 or 429 the client needs to act on). Past the bound the answer is sent and
 /// the connection closed, as before.
 pub(crate) async fn read_refused_bodies(request: Request, next: Next) -> Response {
@@ -234,7 +234,13 @@ pub(crate) async fn read_refused_bodies(request: Request, next: Next) -> Respons
     let shared = Arc::new(Mutex::new(body));
     let request = Request::from_parts(parts, Body::new(SharedBody(Arc::clone(&shared))));
     let response = next.run(request).await;
-    if response.status().is_client_error() || response.status().is_server_error() {
+    let status = response.status();
+    // not after 413 or 408 (the body is what was refused, or took too long), nor after a
+    // 5xx: a shutdown answers 503 to an upload still streaming and must not wait for it
+    let refused = status.is_client_error()
+        && status != StatusCode::PAYLOAD_TOO_LARGE
+        && status != StatusCode::REQUEST_TIMEOUT;
+    if refused {
         // the handler is done with the body: what it left unread is ours to read
         let rest = std::mem::take(&mut *lock_body(&shared));
         let mut frames = rest.into_data_stream();
