@@ -372,3 +372,98 @@ pub fn fatal_error_line(run: &Run) -> String {
     }
     error_lines[0].to_string()
 }
+
+/// Which reader a differential test reads with: ours, or calamine as the oracle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Ours,
+    Oracle,
+}
+
+/// Every non-blank row of `sheet` read by `side`'s reader of the file's format, or its
+/// error as text.
+pub fn read_sheet(
+    path: &Path,
+    sheet: &str,
+    side: Side,
+) -> Result<Vec<importer::source::SheetRow>, String> {
+    use importer::source::{XlsReader, XlsxReader};
+    let (xlsx_reader, xls_reader) = match side {
+        Side::Ours => (XlsxReader::Fast, XlsReader::Fast),
+        Side::Oracle => (XlsxReader::Calamine, XlsReader::Calamine),
+    };
+    let spec = importer::source::SourceSpec {
+        path: path.to_path_buf(),
+        sheet: Some(sheet.to_string()),
+        header_row: 1,
+        xlsx_reader,
+        xls_reader,
+        csv: importer::source::CsvOptions::default(),
+    };
+    let mut rows = Vec::new();
+    importer::source::read_rows(&spec, &mut |row| {
+        rows.push(row);
+        std::ops::ControlFlow::Continue(())
+    })
+    .map_err(|error| format!("{error:#}"))?;
+    Ok(rows)
+}
+
+/// Reads every sheet of `path` with both readers and returns the differences found. A sheet
+/// both refuse is no difference when it has no header (a chart sheet, say) or, unless
+/// `same_failure` is asked for, whatever the two errors say.
+pub fn reader_differences(path: &Path, same_failure: bool) -> Vec<String> {
+    use calamine::Reader;
+    let names = match calamine::open_workbook_auto(path) {
+        Ok(workbook) => workbook.sheet_names(),
+        Err(error) => {
+            return vec![format!(
+                "{}: calamine cannot open it: {error}",
+                path.display()
+            )];
+        }
+    };
+    let mut found = Vec::new();
+    for name in names {
+        let oracle = read_sheet(path, &name, Side::Oracle);
+        let fast = read_sheet(path, &name, Side::Ours);
+        match (oracle, fast) {
+            (Ok(oracle), Ok(fast)) => {
+                if oracle.len() != fast.len() {
+                    found.push(format!(
+                        "{} sheet {name:?}: calamine reads {} rows, fast {}",
+                        path.display(),
+                        oracle.len(),
+                        fast.len()
+                    ));
+                }
+                if let Some((expected, actual)) = oracle
+                    .iter()
+                    .zip(&fast)
+                    .find(|(expected, actual)| expected != actual)
+                {
+                    found.push(format!(
+                        "{} sheet {name:?}: calamine {expected:?}\n  fast {actual:?}",
+                        path.display()
+                    ));
+                }
+            }
+            (Err(oracle), Err(fast)) => {
+                let no_header = oracle.contains("has no header") && fast.contains("has no header");
+                if same_failure && !no_header {
+                    found.push(format!(
+                        "{} sheet {name:?}: both fail: calamine {oracle:?}, fast {fast:?}",
+                        path.display()
+                    ));
+                }
+            }
+            (oracle, fast) => found.push(format!(
+                "{} sheet {name:?}: calamine {:?}, fast {:?}",
+                path.display(),
+                oracle.map(|rows| rows.len()),
+                fast.map(|rows| rows.len())
+            )),
+        }
+    }
+    found
+}

@@ -5,88 +5,13 @@
 //! read by calamine whichever reader is asked for. The crashers are in hostile_inputs.rs.
 
 use std::io::Write;
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use calamine::{CellErrorType, Data, Reader, open_workbook_auto};
-use importer::cli::{XlsReader, XlsxReader};
-use importer::source::{SheetRow, SourceSpec, read_rows};
+use calamine::{CellErrorType, Data};
 
-use crate::util::{TempDir, TestDb, fatal_error_line, fixture};
-
-/// Every non-blank row of `sheet` read by `reader`, or its error as text.
-fn read_all(path: &Path, sheet: &str, reader: XlsReader) -> Result<Vec<SheetRow>, String> {
-    let spec = SourceSpec {
-        path: path.to_path_buf(),
-        sheet: Some(sheet.to_string()),
-        header_row: 1,
-        xlsx_reader: XlsxReader::Fast,
-        xls_reader: reader,
-        csv: importer::source::CsvOptions::default(),
-    };
-    let mut rows = Vec::new();
-    read_rows(&spec, &mut |row| {
-        rows.push(row);
-        ControlFlow::Continue(())
-    })
-    .map_err(|error| format!("{error:#}"))?;
-    Ok(rows)
-}
-
-/// Reads every sheet of `path` with both readers and returns the differences found.
-fn differences(path: &Path) -> Vec<String> {
-    let names = match open_workbook_auto(path) {
-        Ok(workbook) => workbook.sheet_names(),
-        Err(error) => {
-            return vec![format!(
-                "{}: calamine cannot open it: {error}",
-                path.display()
-            )];
-        }
-    };
-    let mut found = Vec::new();
-    for name in names {
-        let oracle = read_all(path, &name, XlsReader::Calamine);
-        let fast = read_all(path, &name, XlsReader::Fast);
-        match (oracle, fast) {
-            (Ok(oracle), Ok(fast)) => {
-                if oracle.len() != fast.len() {
-                    found.push(format!(
-                        "{} sheet {name:?}: calamine reads {} rows, fast {}",
-                        path.display(),
-                        oracle.len(),
-                        fast.len()
-                    ));
-                }
-                for (expected, actual) in oracle.iter().zip(&fast) {
-                    if expected != actual {
-                        found.push(format!(
-                            "{} sheet {name:?}: calamine {expected:?}\n  fast {actual:?}",
-                            path.display()
-                        ));
-                        break;
-                    }
-                }
-            }
-            (Err(oracle), Err(fast)) => {
-                // both refuse the sheet (a chart sheet, say): the same rows, none
-                if !oracle.contains("has no header") || !fast.contains("has no header") {
-                    found.push(format!(
-                        "{} sheet {name:?}: both fail: calamine {oracle:?}, fast {fast:?}",
-                        path.display()
-                    ));
-                }
-            }
-            (oracle, fast) => found.push(format!(
-                "{} sheet {name:?}: calamine {:?}, fast {:?}",
-                path.display(),
-                oracle.map(|rows| rows.len()),
-                fast.map(|rows| rows.len())
-            )),
-        }
-    }
-    found
-}
+use crate::util::{
+    Side, TempDir, TestDb, fatal_error_line, fixture, read_sheet, reader_differences,
+};
 
 #[test]
 fn every_xls_fixture_reads_the_same_with_both_readers() {
@@ -97,7 +22,10 @@ fn every_xls_fixture_reads_the_same_with_both_readers() {
         .collect();
     paths.sort();
     assert!(paths.len() >= 7, "fixtures are found: {paths:?}");
-    let found: Vec<String> = paths.iter().flat_map(|path| differences(path)).collect();
+    let found: Vec<String> = paths
+        .iter()
+        .flat_map(|path| reader_differences(path, true))
+        .collect();
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
@@ -297,9 +225,9 @@ fn a_handmade_biff8_workbook_reads_the_same_with_both_readers() {
         let path = dir.path(&format!("{label}.xls"));
         let cells = every_cell_kind(in_order);
         write_xls(&path, &biff8_stream(&split_shared_strings(), &cells));
-        let found = differences(&path);
+        let found = reader_differences(&path, true);
         assert!(found.is_empty(), "{label}: {}", found.join("\n"));
-        let rows = read_all(&path, "Data", XlsReader::Fast).expect("the workbook reads");
+        let rows = read_sheet(&path, "Data", Side::Ours).expect("the workbook reads");
         let text = |value: &str| Data::String(value.to_string());
         assert_eq!(
             rows.iter().map(|row| row.row_number).collect::<Vec<_>>(),
@@ -350,7 +278,7 @@ fn a_shared_string_index_past_the_table_is_an_error_naming_the_cell() {
             &[label_sst(0, 0, 0), label_sst(1, 2, 40)],
         ),
     );
-    let error = read_all(&path, "Data", XlsReader::Fast).expect_err("the index is refused");
+    let error = read_sheet(&path, "Data", Side::Ours).expect_err("the index is refused");
     assert!(error.contains("cell C2"), "{error}");
     assert!(
         error.contains("past the end of the table (4 entries)"),
@@ -407,8 +335,8 @@ fn an_xls_older_than_biff8_is_read_by_calamine_with_either_reader() {
     book.write_all(&stream).expect("the stream is written");
     drop(book);
     container.flush().expect("the compound file is written");
-    let fast = read_all(&path, "Data", XlsReader::Fast);
-    let oracle = read_all(&path, "Data", XlsReader::Calamine);
+    let fast = read_sheet(&path, "Data", Side::Ours);
+    let oracle = read_sheet(&path, "Data", Side::Oracle);
     assert_eq!(fast, oracle);
     let rows = fast.expect("calamine reads BIFF5");
     assert_eq!(rows[0].cells, [Data::String("cafés".to_string())]);

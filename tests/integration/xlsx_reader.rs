@@ -6,84 +6,17 @@
 //! through the real binary against the real server.
 
 use std::io::Write;
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use calamine::{Reader, open_workbook_auto};
-use importer::cli::XlsxReader;
-use importer::source::{SheetRow, SourceSpec, read_rows};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rust_xlsxwriter::{ExcelDateTime, Format, Formula, Workbook};
 
-use crate::util::{TempDir, TestDb, fatal_error_line, fixture, project_fixture};
-
-/// Every non-blank row of `sheet` read by `reader`, or its error as text.
-fn read_all(path: &Path, sheet: &str, reader: XlsxReader) -> Result<Vec<SheetRow>, String> {
-    let spec = SourceSpec {
-        path: path.to_path_buf(),
-        sheet: Some(sheet.to_string()),
-        header_row: 1,
-        xlsx_reader: reader,
-        xls_reader: importer::cli::XlsReader::Fast,
-        csv: importer::source::CsvOptions::default(),
-    };
-    let mut rows = Vec::new();
-    read_rows(&spec, &mut |row| {
-        rows.push(row);
-        ControlFlow::Continue(())
-    })
-    .map_err(|error| format!("{error:#}"))?;
-    Ok(rows)
-}
-
-/// Reads every sheet of `path` with both readers and returns the differences found.
-fn differences(path: &Path) -> Vec<String> {
-    let names = match open_workbook_auto(path) {
-        Ok(workbook) => workbook.sheet_names(),
-        Err(error) => {
-            return vec![format!(
-                "{}: calamine cannot open it: {error}",
-                path.display()
-            )];
-        }
-    };
-    let mut found = Vec::new();
-    for name in names {
-        let oracle = read_all(path, &name, XlsxReader::Calamine);
-        let fast = read_all(path, &name, XlsxReader::Fast);
-        match (oracle, fast) {
-            (Ok(oracle), Ok(fast)) => {
-                if oracle.len() != fast.len() {
-                    found.push(format!(
-                        "{} sheet {name:?}: calamine reads {} rows, fast {}",
-                        path.display(),
-                        oracle.len(),
-                        fast.len()
-                    ));
-                }
-                for (expected, actual) in oracle.iter().zip(&fast) {
-                    if expected != actual {
-                        found.push(format!(
-                            "{} sheet {name:?}: calamine {expected:?}\n  fast {actual:?}",
-                            path.display()
-                        ));
-                        break;
-                    }
-                }
-            }
-            (Err(_), Err(_)) => {}
-            (oracle, fast) => found.push(format!(
-                "{} sheet {name:?}: calamine {:?}, fast {:?}",
-                path.display(),
-                oracle.map(|rows| rows.len()),
-                fast.map(|rows| rows.len())
-            )),
-        }
-    }
-    found
-}
+use crate::util::{
+    Side, TempDir, TestDb, fatal_error_line, fixture, project_fixture, read_sheet,
+    reader_differences,
+};
 
 fn workbooks_in(directory: &Path) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(directory)
@@ -105,7 +38,10 @@ fn every_xlsx_fixture_reads_the_same_with_both_readers() {
     let mut paths = workbooks_in(fixture("").as_path());
     paths.extend(workbooks_in(project_fixture("").as_path()));
     assert!(paths.len() >= 15, "fixtures are found: {paths:?}");
-    let found: Vec<String> = paths.iter().flat_map(|path| differences(path)).collect();
+    let found: Vec<String> = paths
+        .iter()
+        .flat_map(|path| reader_differences(path, false))
+        .collect();
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
@@ -215,8 +151,8 @@ fn rust_xlsxwriter_workbooks_read_the_same_with_both_readers() {
     for constant_memory in [false, true] {
         let path = dir.path(&format!("corpus_{constant_memory}.xlsx"));
         write_corpus_workbook(&path, constant_memory);
-        found.extend(differences(&path));
-        let rows = read_all(&path, "Kinds", XlsxReader::Fast).expect("the corpus reads");
+        found.extend(reader_differences(&path, false));
+        let rows = read_sheet(&path, "Kinds", Side::Ours).expect("the corpus reads");
         assert_eq!(rows.len(), 41, "header, 39 rows and the far row");
     }
     assert!(found.is_empty(), "{}", found.join("\n"));
@@ -381,8 +317,8 @@ fn hand_made_packages_with_every_cell_kind_read_the_same_with_both_readers() {
             date1904,
             namespaces,
         );
-        found.extend(differences(&path));
-        let rows = read_all(&path, "Data", XlsxReader::Fast).expect("the package reads");
+        found.extend(reader_differences(&path, false));
+        let rows = read_sheet(&path, "Data", Side::Ours).expect("the package reads");
         assert_eq!(rows.len(), 4, "{name}: {rows:?}");
     }
     assert!(found.is_empty(), "{}", found.join("\n"));
@@ -413,7 +349,7 @@ fn generated_business_workbooks_read_the_same_with_both_readers() {
         None,
     );
     assert_eq!(run.code, 0, "{run:?}");
-    let found = differences(&path);
+    let found = reader_differences(&path, false);
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
@@ -641,7 +577,7 @@ fn mutated_workbooks_never_panic_hang_or_blow_up() {
             (MAIN_NAMESPACE, RELATIONSHIPS),
         );
         let started = Instant::now();
-        let outcome = std::panic::catch_unwind(|| read_all(&path, "Data", XlsxReader::Fast));
+        let outcome = std::panic::catch_unwind(|| read_sheet(&path, "Data", Side::Ours));
         assert!(outcome.is_ok(), "round {round} panicked");
         assert!(
             started.elapsed() < Duration::from_secs(5),
