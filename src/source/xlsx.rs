@@ -44,6 +44,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, anyhow, bail};
@@ -54,7 +55,7 @@ use zip::ZipArchive;
 
 use super::innermost_cause;
 pub(crate) use sheet::SheetEvent;
-use sheet::{SheetContext, read_sheet_cells};
+use sheet::{Resolver, SheetContext, scan_sheet_cells};
 use strings::{SharedStrings, parse_shared_strings};
 pub(super) use styles::{
     CellFormat, builtin_format_by_id, detect_custom_number_format, number_cell,
@@ -236,13 +237,17 @@ impl XlsxWorkbook {
             // of the scanner (which also converts, in the pipeline's reader thread)
             let (chunk_sender, chunk_receiver) =
                 std::sync::mpsc::sync_channel(INFLATED_CHUNKS_AHEAD);
+            // read chunks go back to the inflater, so their memory is reused, not reallocated
+            let (spent_sender, spent_receiver) = std::sync::mpsc::sync_channel(INFLATED_CHUNK_POOL);
             let inflater = std::thread::Builder::new()
                 .name("xlsx-inflate".to_string())
-                .spawn_scoped(scope, || inflate_into(archive, &member, chunk_sender));
+                .spawn_scoped(scope, || {
+                    inflate_into(archive, &member, chunk_sender, spent_receiver)
+                });
             let outcome = match inflater {
                 Ok(inflater) => {
-                    let outcome =
-                        read_sheet_cells(ChunkRead::new(chunk_receiver), &sheet_context, visit);
+                    let chunks = ChunkRead::new(chunk_receiver, spent_sender);
+                    let outcome = scan_and_resolve(scope, chunks, &sheet_context, visit);
                     // the receiver is gone: the inflater stops at its next chunk
                     if inflater.join().is_err() {
                         Err(anyhow!("the sheet inflater panicked"))
@@ -543,18 +548,78 @@ impl<R: Read> Read for BoundedRead<R> {
     }
 }
 
+/// Scans the inflated sheet on a thread of its own and resolves its shared strings and
+/// hands the cells to `visit` on the caller's, so that scanning the next rows and
+/// assembling and converting these run at once; a bounded channel of batches between them.
+fn scan_and_resolve<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    chunks: ChunkRead,
+    context: &'scope SheetContext<'scope>,
+    visit: &mut dyn FnMut(SheetEvent) -> ControlFlow<()>,
+) -> anyhow::Result<sheet::SheetOutcome> {
+    let (batch_sender, batch_receiver) = std::sync::mpsc::sync_channel(SCANNED_BATCHES_AHEAD);
+    // emptied batches go back to the scanner, so their memory is reused, not reallocated
+    let (empty_sender, empty_receiver) = std::sync::mpsc::sync_channel(SCANNED_BATCHES_AHEAD + 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let scanner_stop = Arc::clone(&stop);
+    let scanner = std::thread::Builder::new()
+        .name("xlsx-sheet".to_string())
+        .spawn_scoped(scope, move || {
+            scan_sheet_cells(chunks, context, Some(&scanner_stop), &mut |batch| {
+                let empty = empty_receiver
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(batch.capacity()));
+                Ok(match batch_sender.send(std::mem::replace(batch, empty)) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    // the resolver stopped: so does the scan
+                    Err(_) => ControlFlow::Break(()),
+                })
+            })
+        })
+        .context("cannot start the sheet scanner")?;
+    let mut resolver = Resolver::new(context.strings);
+    let mut resolved = Ok(ControlFlow::Continue(()));
+    for mut batch in &batch_receiver {
+        resolved = resolver.resolve(&mut batch, visit);
+        if !matches!(resolved, Ok(ControlFlow::Continue(()))) {
+            break;
+        }
+        // the scanner may have enough already
+        let _ = empty_sender.try_send(batch);
+    }
+    // the scanner stops at its next read or batch
+    stop.store(true, Ordering::Relaxed);
+    drop(batch_receiver);
+    let scanned = scanner
+        .join()
+        .map_err(|_| anyhow!("the sheet scanner panicked"))?;
+    // a resolver's error is of an earlier cell than any the scanner met after it
+    let stopped = resolved?.is_break();
+    let mut outcome = scanned?;
+    outcome.read_to_end &= !stopped;
+    Ok(outcome)
+}
+
+/// Batches of scanned cells the scanner may be ahead of the resolver.
+const SCANNED_BATCHES_AHEAD: usize = 4;
+
 /// Inflated chunks of the sheet part the inflater may be ahead of the scanner.
 const INFLATED_CHUNKS_AHEAD: usize = 4;
+
+/// Chunks in use at once: those queued, the one being filled, the one being read, and
+/// one on its way back.
+const INFLATED_CHUNK_POOL: usize = INFLATED_CHUNKS_AHEAD + 3;
 
 /// Bytes of one inflated chunk.
 const INFLATED_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Inflates zip member `member` into chunks sent to `sender`, until its end, an error
-/// (sent on), or the receiver is gone.
+/// (sent on), or the receiver is gone; reuses the chunks `spent` gives back.
 fn inflate_into(
     archive: &mut ZipArchive<BufReader<File>>,
     member: &str,
     sender: std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>,
+    spent: std::sync::mpsc::Receiver<Vec<u8>>,
 ) {
     let mut part = match archive.by_name(member) {
         Ok(part) => part,
@@ -563,8 +628,22 @@ fn inflate_into(
             return;
         }
     };
+    let mut allocated = 0;
     loop {
-        let mut chunk = vec![0; INFLATED_CHUNK_BYTES];
+        let mut chunk = match spent.try_recv() {
+            Ok(chunk) => chunk,
+            Err(_) if allocated < INFLATED_CHUNK_POOL => {
+                allocated += 1;
+                vec![0; INFLATED_CHUNK_BYTES]
+            }
+            Err(_) => match spent.recv() {
+                Ok(chunk) => chunk,
+                // the reader is gone
+                Err(_) => return,
+            },
+        };
+        // (a no-op: only the last chunk is ever shorter, and it is not reused)
+        chunk.resize(INFLATED_CHUNK_BYTES, 0);
         let mut filled = 0;
         while filled < chunk.len() {
             match part.read(&mut chunk[filled..]) {
@@ -584,17 +663,22 @@ fn inflate_into(
     }
 }
 
-/// The reading end of [`inflate_into`]'s channel, as a [`Read`].
+/// The reading end of [`inflate_into`]'s channel, as a [`Read`]; gives read chunks back.
 struct ChunkRead {
     receiver: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    spent: std::sync::mpsc::SyncSender<Vec<u8>>,
     chunk: Vec<u8>,
     offset: usize,
 }
 
 impl ChunkRead {
-    fn new(receiver: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>) -> Self {
+    fn new(
+        receiver: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+        spent: std::sync::mpsc::SyncSender<Vec<u8>>,
+    ) -> Self {
         Self {
             receiver,
+            spent,
             chunk: Vec::new(),
             offset: 0,
         }
@@ -606,7 +690,9 @@ impl Read for ChunkRead {
         if self.offset == self.chunk.len() {
             match self.receiver.recv() {
                 Ok(chunk) => {
-                    self.chunk = chunk?;
+                    let spent = std::mem::replace(&mut self.chunk, chunk?);
+                    // the inflater may have enough already
+                    let _ = self.spent.try_send(spent);
                     self.offset = 0;
                 }
                 // the inflater is done: the end of the part

@@ -15,6 +15,9 @@ use memchr::{memchr, memchr2, memchr3, memmem};
 /// Bytes asked of the inflater per read.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 
+/// Bytes of a tag searched byte by byte for its end before memchr takes over.
+const SHORT_TAG_BYTES: usize = 128;
+
 /// Why the scanner stopped.
 #[derive(Debug)]
 pub(super) enum ScanError {
@@ -73,11 +76,13 @@ impl<'c, R: Read> XmlStream<'c, R> {
     }
 
     /// The unconsumed bytes.
+    #[inline]
     pub(super) fn data(&self) -> &[u8] {
         &self.buffer[self.position..self.end]
     }
 
     /// Marks `byte_count` bytes of `data()` as consumed.
+    #[inline]
     pub(super) fn consume(&mut self, byte_count: usize) {
         self.position += byte_count;
     }
@@ -122,6 +127,10 @@ impl<'c, R: Read> XmlStream<'c, R> {
     /// reading until the whole tag is in the window. `None` at the end of the stream.
     pub(super) fn next_tag(&mut self) -> Result<Option<Tag>, ScanError> {
         loop {
+            // tags mostly follow each other directly
+            if self.data().first() == Some(&b'<') {
+                break;
+            }
             match memchr(b'<', self.data()) {
                 Some(offset) => {
                     self.position += offset;
@@ -289,19 +298,39 @@ pub(super) fn parse_tag(bytes: &[u8]) -> Result<Option<Tag>, ScanError> {
     }
     let name = (name_start, index);
     let attributes_start = index;
-    // find the closing '>' outside quoted attribute values
-    loop {
-        let Some(offset) = memchr3(b'>', b'"', b'\'', &bytes[index..]) else {
-            return Ok(None);
-        };
-        index += offset;
-        if bytes[index] == b'>' {
-            break;
+    // find the closing '>' outside quoted attribute values: by a scalar loop over the
+    // first bytes (the tags that matter are a few dozen bytes, too short for memchr's setup
+    // to pay), by memchr past them
+    let mut quote = None;
+    let scalar_end = bytes.len().min(index + SHORT_TAG_BYTES);
+    while index < scalar_end {
+        let byte = bytes[index];
+        match quote {
+            Some(open) if byte == open => quote = None,
+            Some(_) => {}
+            None if byte == b'>' => break,
+            None if byte == b'"' || byte == b'\'' => quote = Some(byte),
+            None => {}
         }
-        let quote = bytes[index];
-        match memchr(quote, &bytes[index + 1..]) {
-            Some(close) => index += close + 2,
-            None => return Ok(None),
+        index += 1;
+    }
+    if index == scalar_end {
+        loop {
+            if let Some(open) = quote.take() {
+                match memchr(open, &bytes[index..]) {
+                    Some(close) => index += close + 1,
+                    None => return Ok(None),
+                }
+            }
+            let Some(offset) = memchr3(b'>', b'"', b'\'', &bytes[index..]) else {
+                return Ok(None);
+            };
+            index += offset;
+            if bytes[index] == b'>' {
+                break;
+            }
+            quote = Some(bytes[index]);
+            index += 1;
         }
     }
     let self_closing = index > attributes_start && bytes[index - 1] == b'/';
@@ -319,12 +348,31 @@ pub(super) fn parse_tag(bytes: &[u8]) -> Result<Option<Tag>, ScanError> {
 }
 
 /// The raw value of attribute `name` (qualified name, compared exactly) in a tag's
-/// attribute text.
+/// attribute text: the first one of that name.
 pub(super) fn attribute<'a>(attributes: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let mut index = 0;
-    while index < attributes.len() {
+    Attributes(attributes)
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+/// The (qualified name, raw value) pairs of a tag's attribute text, in order, up to the end
+/// or the first malformed one; one pass, so a caller wanting several attributes reads the
+/// text once.
+pub(super) struct Attributes<'a>(pub(super) &'a [u8]);
+
+impl<'a> Iterator for Attributes<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // short scalar loops: attribute texts are a few bytes, too short for memchr to pay
+        let attributes = self.0;
+        let mut index = 0;
         while index < attributes.len() && is_space(attributes[index]) {
             index += 1;
+        }
+        if index == attributes.len() {
+            self.0 = &[];
+            return None;
         }
         let key_start = index;
         while index < attributes.len() && attributes[index] != b'=' && !is_space(attributes[index])
@@ -335,6 +383,7 @@ pub(super) fn attribute<'a>(attributes: &'a [u8], name: &[u8]) -> Option<&'a [u8
         while index < attributes.len() && is_space(attributes[index]) {
             index += 1;
         }
+        self.0 = &[];
         if attributes.get(index) != Some(&b'=') {
             return None;
         }
@@ -347,13 +396,13 @@ pub(super) fn attribute<'a>(attributes: &'a [u8], name: &[u8]) -> Option<&'a [u8
             return None;
         }
         let value_start = index + 1;
-        let value_end = value_start + memchr(quote, &attributes[value_start..])?;
-        if key == name {
-            return Some(&attributes[value_start..value_end]);
-        }
-        index = value_end + 1;
+        let value_end = value_start
+            + attributes[value_start..]
+                .iter()
+                .position(|byte| *byte == quote)?;
+        self.0 = &attributes[value_end + 1..];
+        Some((key, &attributes[value_start..value_end]))
     }
-    None
 }
 
 /// Where an end tag is, relative to the bytes searched.
@@ -543,7 +592,7 @@ pub(super) fn decode_string_item(
 }
 
 /// `bytes` without leading and trailing space, tab, CR and LF (other Unicode spaces stay).
-fn trim_ascii_whitespace(bytes: &[u8]) -> &[u8] {
+pub(super) fn trim_ascii_whitespace(bytes: &[u8]) -> &[u8] {
     let start = bytes
         .iter()
         .position(|byte| !is_space(*byte))

@@ -10,13 +10,14 @@
 use std::borrow::Cow;
 use std::io::Read;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, anyhow, bail};
 use calamine::{CellErrorType, Data};
 
 use super::scan::{
-    ScanError, TagKind, XmlStream, attribute, decode_string_item, decode_text, find_end_tag,
-    resumable_end_tag, unescape_excel,
+    Attributes, ScanError, Tag, TagKind, XmlStream, attribute, decode_string_item, decode_text,
+    find_end_tag, resumable_end_tag, unescape_excel,
 };
 use super::strings::{Entry, SharedStrings, Table};
 use super::styles::CellFormat;
@@ -55,7 +56,7 @@ pub(super) struct SheetOutcome {
 }
 
 /// A cell waiting for its row to end.
-enum Pending {
+pub(super) enum Pending {
     Ready(Data),
     Shared(u32),
 }
@@ -75,6 +76,7 @@ enum CellKind {
 }
 
 impl CellKind {
+    #[inline]
     fn parse(kind: &[u8]) -> CellKind {
         match kind {
             b"s" => CellKind::SharedString,
@@ -92,6 +94,11 @@ impl CellKind {
 /// A cell's `s` attribute as a style index; one that is not a number is style 0, as in
 /// calamine.
 fn style_index(style: &[u8]) -> usize {
+    if (1..=9).contains(&style.len()) && style.iter().all(u8::is_ascii_digit) {
+        return style
+            .iter()
+            .fold(0, |index, digit| index * 10 + usize::from(digit - b'0'));
+    }
     std::str::from_utf8(style)
         .ok()
         .and_then(|style| style.parse::<usize>().ok())
@@ -105,24 +112,72 @@ enum CellValue<'a> {
     Is(&'a [u8]),
 }
 
+/// What the scanner hands on to the [`Resolver`]: a non-empty cell, a shared string still
+/// as its index, or the end of a `<row>`.
+pub(super) enum Scanned {
+    Cell((u32, u32), Pending),
+    RowEnd,
+}
+
+/// Items the scanner gathers before it hands them on: at a row's end past
+/// [`BATCH_ROW_ITEMS`], and within a row at [`MAX_PENDING_CELLS`] or once the batch holds
+/// [`BATCH_TEXT_BYTES`] of text.
+const BATCH_ROW_ITEMS: usize = 2048;
+const BATCH_TEXT_BYTES: usize = 1 << 20;
+
 struct RowState {
     row_index: u32,
     column_index: u32,
-    pending: Vec<((u32, u32), Pending)>,
-    highest_shared: Option<u32>,
-    /// Text bytes materialised for the current `<row>`.
+    batch: Vec<Scanned>,
+    /// Text bytes of the cells in `batch`.
+    batch_text_bytes: usize,
+    /// Text bytes of the current `<row>`'s own cells (inline, formula strings), which the
+    /// scanner holds; shared strings are counted when resolved.
     row_text_bytes: usize,
 }
 
 /// Reads the cells of one worksheet part; `visit` gets each non-empty cell with its 0-based
-/// (row, column) and may stop the read.
+/// (row, column) and may stop the read. Scans and resolves on the caller's thread (the
+/// workbook reader runs [`scan_sheet_cells`] on a thread of its own instead).
+#[cfg(test)]
 pub(super) fn read_sheet_cells(
     reader: impl Read,
     context: &SheetContext<'_>,
     visit: &mut dyn FnMut(SheetEvent) -> ControlFlow<()>,
 ) -> anyhow::Result<SheetOutcome> {
-    let mut stream = XmlStream::new(reader, MAX_ELEMENT_XML_BYTES, None);
+    let mut resolver = Resolver::new(context.strings);
+    scan_sheet_cells(reader, context, None, &mut |batch| {
+        resolver.resolve(batch, visit)
+    })
+}
+
+/// Scans the cells of one worksheet part and hands them on in batches of whole rows (see
+/// [`BATCH_ROW_ITEMS`]) to `send`, which takes the batch's items (leaving the vector empty,
+/// or swapping in another) and may stop the read. Only the shared strings are left to
+/// resolve, so the scan needs nothing of the shared-string table.
+/// Once `stop` is set the scan ends at its next read, with what it found so far.
+pub(super) fn scan_sheet_cells(
+    reader: impl Read,
+    context: &SheetContext<'_>,
+    stop: Option<&AtomicBool>,
+    send: &mut dyn FnMut(&mut Vec<Scanned>) -> anyhow::Result<ControlFlow<()>>,
+) -> anyhow::Result<SheetOutcome> {
     let mut outcome = SheetOutcome::default();
+    match scan_into(reader, context, stop, &mut outcome, send) {
+        Ok(()) => Ok(outcome),
+        Err(_) if stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) => Ok(outcome),
+        Err(error) => Err(error),
+    }
+}
+
+fn scan_into(
+    reader: impl Read,
+    context: &SheetContext<'_>,
+    stop: Option<&AtomicBool>,
+    outcome: &mut SheetOutcome,
+    send: &mut dyn FnMut(&mut Vec<Scanned>) -> anyhow::Result<ControlFlow<()>>,
+) -> anyhow::Result<()> {
+    let mut stream = XmlStream::new(reader, MAX_ELEMENT_XML_BYTES, stop);
     let malformed = |error: ScanError| anyhow!("{error}");
     // the prologue: everything before <sheetData>
     loop {
@@ -143,7 +198,7 @@ pub(super) fn read_sheet_cells(
             }
             (TagKind::Empty, b"sheetData") => {
                 outcome.read_to_end = true;
-                return Ok(outcome);
+                return Ok(());
             }
             _ => {}
         }
@@ -152,56 +207,106 @@ pub(super) fn read_sheet_cells(
     let mut state = RowState {
         row_index: 0,
         column_index: 0,
-        pending: Vec::new(),
-        highest_shared: None,
+        batch: Vec::new(),
+        batch_text_bytes: 0,
         row_text_bytes: 0,
     };
-    let mut owned_table: Option<Table> = None;
     let mut text = Vec::new();
     let mut scratch = Vec::new();
     loop {
-        let Some(tag) = stream.next_tag().map_err(malformed)? else {
-            bail!("the worksheet ends before </sheetData>");
-        };
-        let data = stream.data();
-        match (tag.kind, tag.local_name(data)) {
-            (TagKind::Start | TagKind::Empty, b"row") => {
-                if let Some(reference) = attribute(tag.attribute_text(data), b"r") {
-                    let (row_index, _) = parse_reference(reference).with_context(|| {
-                        format!("row {} has a bad r attribute", state.row_index + 1)
-                    })?;
-                    state.row_index = row_index;
-                }
-                state.row_text_bytes = 0;
-                if tag.kind == TagKind::Empty {
-                    state.row_index = state.row_index.saturating_add(1);
-                    state.column_index = 0;
-                }
-                stream.consume(tag.length);
-            }
-            (TagKind::End, b"row") => {
-                stream.consume(tag.length);
-                if flush(&mut state, context, &mut owned_table, visit)?.is_break()
-                    || visit(SheetEvent::RowEnd).is_break()
-                {
-                    return Ok(outcome);
-                }
-                state.row_index = state.row_index.saturating_add(1);
-                state.column_index = 0;
-            }
-            (TagKind::Start | TagKind::Empty, b"c") => {
-                let attributes = tag.attribute_text(data);
-                let position = match attribute(attributes, b"r") {
-                    Some(reference) => {
-                        let (row_index, column_index) = parse_reference(reference)
-                            .ok()
-                            .and_then(|(row_index, column_index)| Some((row_index, column_index?)))
-                            .with_context(|| {
-                                format!(
-                                    "cell {} has a bad r attribute",
-                                    cell_name((state.row_index, state.column_index))
-                                )
+        // complete rows go on before the scanner waits for more of the part, so that a
+        // slow or padded part does not hold back rows it has already given
+        if matches!(state.batch.last(), Some(Scanned::RowEnd))
+            && !stream.data().starts_with(b"<")
+            && memchr::memchr(b'<', stream.data()).is_none()
+            && send_batch(&mut state, send)?.is_break()
+        {
+            return Ok(());
+        }
+        // a cell's start tag is read by a scanner of its own (the one tag of every cell);
+        // anything it does not know goes through the general tag scanner
+        let fast = stream
+            .data()
+            .starts_with(b"<c ")
+            .then(|| cell_start_tag(stream.data()))
+            .flatten();
+        let cell_tag = match fast {
+            Some(cell_tag) => cell_tag,
+            None => {
+                let Some(tag) = stream.next_tag().map_err(malformed)? else {
+                    bail!("the worksheet ends before </sheetData>");
+                };
+                let data = stream.data();
+                match (tag.kind, tag.local_name(data)) {
+                    (TagKind::Start | TagKind::Empty, b"row") => {
+                        if let Some(reference) = attribute(tag.attribute_text(data), b"r") {
+                            let (row_index, _) = parse_reference(reference).with_context(|| {
+                                format!("row {} has a bad r attribute", state.row_index + 1)
                             })?;
+                            state.row_index = row_index;
+                        }
+                        state.row_text_bytes = 0;
+                        if tag.kind == TagKind::Empty {
+                            state.row_index = state.row_index.saturating_add(1);
+                            state.column_index = 0;
+                        }
+                        stream.consume(tag.length);
+                        continue;
+                    }
+                    (TagKind::End, b"row") => {
+                        stream.consume(tag.length);
+                        state.batch.push(Scanned::RowEnd);
+                        state.row_text_bytes = 0;
+                        if state.batch.len() >= BATCH_ROW_ITEMS
+                            && send_batch(&mut state, send)?.is_break()
+                        {
+                            return Ok(());
+                        }
+                        state.row_index = state.row_index.saturating_add(1);
+                        state.column_index = 0;
+                        continue;
+                    }
+                    (TagKind::Start | TagKind::Empty, b"c") => CellTag::from_tag(&tag, data),
+                    (TagKind::End, b"sheetData") => {
+                        if send_batch(&mut state, send)?.is_continue() {
+                            outcome.read_to_end = true;
+                        }
+                        return Ok(());
+                    }
+                    _ => {
+                        stream.consume(tag.length);
+                        continue;
+                    }
+                }
+            }
+        };
+        {
+            {
+                let data = stream.data();
+                let CellTag {
+                    reference,
+                    style,
+                    kind,
+                    length: tag_length,
+                    empty,
+                    qname,
+                } = cell_tag;
+                let position = match reference {
+                    Some(reference) => {
+                        let (row_index, column_index) = match parse_short_reference(reference) {
+                            Some((row_index, Some(column_index))) => {
+                                Some((row_index, column_index))
+                            }
+                            _ => parse_reference(reference).ok().and_then(
+                                |(row_index, column_index)| Some((row_index, column_index?)),
+                            ),
+                        }
+                        .with_context(|| {
+                            format!(
+                                "cell {} has a bad r attribute",
+                                cell_name((state.row_index, state.column_index))
+                            )
+                        })?;
                         state.column_index = column_index;
                         (row_index, column_index)
                     }
@@ -209,19 +314,27 @@ pub(super) fn read_sheet_cells(
                 };
                 let at_cell = || format!("cell {}", cell_name(position));
                 // parsed here, so nothing borrowed from the window outlives a refill
-                let style = attribute(attributes, b"s").map(style_index);
-                let kind = attribute(attributes, b"t").map(CellKind::parse);
-                let cell = if tag.kind == TagKind::Empty {
-                    stream.consume(tag.length);
+                let style = style.map(style_index);
+                let kind = kind.map(CellKind::parse);
+                let cell = if empty {
+                    stream.consume(tag_length);
                     (Pending::Ready(Data::Empty), false)
+                } else if let Some((raw, length)) = plain_value(&data[tag_length..])
+                    && qname == b"c"
+                {
+                    // the common shape, `<c ...><v>raw</v></c>`, decoded without searching
+                    // for the end tags
+                    let pending = decode_plain_value(raw, kind.as_ref(), style, context, &mut text)
+                        .with_context(at_cell)?;
+                    stream.consume(tag_length + length);
+                    (pending, false)
                 } else {
-                    let qname = tag.qname(data);
                     let close: Cow<'_, [u8]> = if qname == b"c" {
                         Cow::Borrowed(b"c")
                     } else {
                         Cow::Owned(qname.to_vec())
                     };
-                    let start = tag.length;
+                    let start = tag_length;
                     let end = stream
                         .read_until(resumable_end_tag(start, &close))
                         .map_err(|error| match error {
@@ -255,39 +368,138 @@ pub(super) fn read_sheet_cells(
                         if text.is_empty() {
                             continue;
                         }
-                        charge_row(&mut state, text.len(), position)?;
+                        charge_row(&mut state.row_text_bytes, text.len(), position)?;
+                        state.batch_text_bytes += text.len();
                     }
-                    Pending::Shared(index) => {
-                        state.highest_shared = Some(
-                            state
-                                .highest_shared
-                                .map_or(*index, |highest| highest.max(*index)),
-                        );
-                    }
-                    Pending::Ready(_) => {}
+                    Pending::Ready(_) | Pending::Shared(_) => {}
                 }
-                state.pending.push((position, pending));
-                if state.pending.len() >= MAX_PENDING_CELLS
-                    && flush(&mut state, context, &mut owned_table, visit)?.is_break()
+                state.batch.push(Scanned::Cell(position, pending));
+                if (state.batch.len() >= MAX_PENDING_CELLS
+                    || state.batch_text_bytes >= BATCH_TEXT_BYTES)
+                    && send_batch(&mut state, send)?.is_break()
                 {
-                    return Ok(outcome);
+                    return Ok(());
                 }
             }
-            (TagKind::End, b"sheetData") => {
-                if flush(&mut state, context, &mut owned_table, visit)?.is_continue() {
-                    outcome.read_to_end = true;
-                }
-                return Ok(outcome);
-            }
-            _ => stream.consume(tag.length),
         }
     }
 }
 
-/// Counts `byte_count` bytes of text against the current row's budget.
-fn charge_row(state: &mut RowState, byte_count: usize, position: (u32, u32)) -> anyhow::Result<()> {
-    state.row_text_bytes += byte_count;
-    if state.row_text_bytes > MAX_ROW_TEXT_BYTES {
+/// The start tag of a cell, as the sheet reader needs it.
+struct CellTag<'a> {
+    /// The raw `r`, `s` and `t` attributes (the first of each).
+    reference: Option<&'a [u8]>,
+    style: Option<&'a [u8]>,
+    kind: Option<&'a [u8]>,
+    /// Bytes of the tag.
+    length: usize,
+    /// `<c .../>`.
+    empty: bool,
+    /// `c`, or a prefixed `x:c`.
+    qname: &'a [u8],
+}
+
+impl<'a> CellTag<'a> {
+    /// A cell's start tag as the general scanner found it at the start of `data`.
+    fn from_tag(tag: &Tag, data: &'a [u8]) -> Self {
+        let mut cell_tag = CellTag {
+            reference: None,
+            style: None,
+            kind: None,
+            length: tag.length,
+            empty: tag.kind == TagKind::Empty,
+            qname: tag.qname(data),
+        };
+        for (key, value) in Attributes(tag.attribute_text(data)) {
+            cell_tag.set(key, value);
+        }
+        cell_tag
+    }
+
+    fn set(&mut self, key: &[u8], value: &'a [u8]) {
+        let slot = match key {
+            b"r" => &mut self.reference,
+            b"s" => &mut self.style,
+            b"t" => &mut self.kind,
+            _ => return,
+        };
+        slot.get_or_insert(value);
+    }
+}
+
+/// The cell start tag at the start of `data` (which starts with `<c `), for the plain shape
+/// writers emit (`key="value"` attributes, either quote); `None` for anything else, or a tag
+/// not wholly in `data`, which the general scanner then reads.
+#[inline]
+fn cell_start_tag(data: &[u8]) -> Option<CellTag<'_>> {
+    let mut cell_tag = CellTag {
+        reference: None,
+        style: None,
+        kind: None,
+        length: 0,
+        empty: false,
+        qname: b"c",
+    };
+    // the first '>'; one inside a quoted value leaves a quote unclosed below: not plain
+    let end = 3 + memchr::memchr(b'>', &data[3..])?;
+    cell_tag.length = end + 1;
+    let mut rest = &data[3..end];
+    loop {
+        while let [first, tail @ ..] = rest
+            && is_space(*first)
+        {
+            rest = tail;
+        }
+        match rest {
+            [] => return Some(cell_tag),
+            [b'/'] => {
+                cell_tag.empty = true;
+                return Some(cell_tag);
+            }
+            _ => {}
+        }
+        let equals = rest.iter().position(|byte| *byte == b'=')?;
+        let key = &rest[..equals];
+        if key.iter().any(|byte| is_space(*byte) || *byte == b'/') {
+            return None;
+        }
+        let quote = *rest.get(equals + 1)?;
+        if quote != b'"' && quote != b'\'' {
+            return None;
+        }
+        let value = &rest[equals + 2..];
+        let close = value.iter().position(|byte| *byte == quote)?;
+        cell_tag.set(key, &value[..close]);
+        rest = &value[close + 1..];
+    }
+}
+
+fn is_space(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// Hands the gathered batch on.
+fn send_batch(
+    state: &mut RowState,
+    send: &mut dyn FnMut(&mut Vec<Scanned>) -> anyhow::Result<ControlFlow<()>>,
+) -> anyhow::Result<ControlFlow<()>> {
+    if state.batch.is_empty() {
+        return Ok(ControlFlow::Continue(()));
+    }
+    state.batch_text_bytes = 0;
+    let flow = send(&mut state.batch);
+    state.batch.clear();
+    flow
+}
+
+/// Counts `byte_count` bytes of text against a row's budget.
+fn charge_row(
+    row_text_bytes: &mut usize,
+    byte_count: usize,
+    position: (u32, u32),
+) -> anyhow::Result<()> {
+    *row_text_bytes += byte_count;
+    if *row_text_bytes > MAX_ROW_TEXT_BYTES {
         bail!(
             "row {} holds more than {} MiB of text (at cell {})",
             position.0 + 1,
@@ -298,52 +510,114 @@ fn charge_row(state: &mut RowState, byte_count: usize, position: (u32, u32)) -> 
     Ok(())
 }
 
-/// Resolves the gathered cells' shared strings and hands them to `visit`.
-fn flush(
-    state: &mut RowState,
-    context: &SheetContext<'_>,
-    owned_table: &mut Option<Table>,
-    visit: &mut dyn FnMut(SheetEvent) -> ControlFlow<()>,
-) -> anyhow::Result<ControlFlow<()>> {
-    if state.pending.is_empty() {
-        return Ok(ControlFlow::Continue(()));
+/// Resolves the shared strings of scanned batches, row by row, and hands the cells on:
+/// a row waits only for the entries it references.
+pub(super) struct Resolver<'a> {
+    strings: &'a SharedStrings,
+    /// The table, once complete, taken out of its mutex.
+    owned_table: Option<Table>,
+    /// Text bytes of the current row's cells.
+    row_text_bytes: usize,
+}
+
+impl<'a> Resolver<'a> {
+    pub(super) fn new(strings: &'a SharedStrings) -> Self {
+        Self {
+            strings,
+            owned_table: None,
+            row_text_bytes: 0,
+        }
     }
-    let mut pending = std::mem::take(&mut state.pending);
-    if let Some(highest) = state.highest_shared.take() {
-        let table = context.strings.wait_for(highest, owned_table);
-        for (position, cell) in &mut pending {
-            if let Pending::Shared(index) = *cell {
-                let text = match table.get(index) {
-                    Some(Entry::Text(text)) => text,
-                    Some(Entry::Oversized) => bail!(
-                        "cell {}: its shared string is longer than the per-cell limit of {} MiB",
-                        cell_name(*position),
-                        MAX_CELL_TEXT_BYTES >> 20
-                    ),
-                    None => bail!("cell {}: {}", cell_name(*position), table.missing(index)),
+
+    /// Resolves `batch` and hands it to `visit` until the batch ends or `visit` breaks;
+    /// leaves `batch` empty, its capacity kept for reuse.
+    pub(super) fn resolve(
+        &mut self,
+        batch: &mut Vec<Scanned>,
+        visit: &mut dyn FnMut(SheetEvent) -> ControlFlow<()>,
+    ) -> anyhow::Result<ControlFlow<()>> {
+        let flow = self.resolve_items(batch, visit);
+        batch.clear();
+        flow
+    }
+
+    fn resolve_items(
+        &mut self,
+        batch: &mut [Scanned],
+        visit: &mut dyn FnMut(SheetEvent) -> ControlFlow<()>,
+    ) -> anyhow::Result<ControlFlow<()>> {
+        let mut start = 0;
+        while start < batch.len() {
+            let end = batch[start..]
+                .iter()
+                .position(|item| matches!(item, Scanned::RowEnd))
+                .map_or(batch.len(), |offset| start + offset + 1);
+            let row = &mut batch[start..end];
+            self.resolve_row(row)?;
+            // the table is not held while the cells go on, so the parser may publish
+            for item in row {
+                let event = match std::mem::replace(item, Scanned::RowEnd) {
+                    Scanned::RowEnd => SheetEvent::RowEnd,
+                    Scanned::Cell(_, Pending::Ready(Data::String(text))) if text.is_empty() => {
+                        continue;
+                    }
+                    Scanned::Cell(position, Pending::Ready(data)) => {
+                        SheetEvent::Cell(position, data)
+                    }
+                    Scanned::Cell(_, Pending::Shared(_)) => {
+                        unreachable!("resolve_row resolved every shared cell")
+                    }
                 };
-                if !text.is_empty() {
-                    charge_row(state, text.len(), *position)?;
+                if visit(event).is_break() {
+                    return Ok(ControlFlow::Break(()));
                 }
-                *cell = Pending::Ready(Data::String(text.to_string()));
+            }
+            start = end;
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// Replaces the shared-string cells of `row` (one row, or part of one) by their text,
+    /// and counts the row's text against its budget.
+    fn resolve_row(&mut self, row: &mut [Scanned]) -> anyhow::Result<()> {
+        let highest = row
+            .iter()
+            .filter_map(|item| match item {
+                Scanned::Cell(_, Pending::Shared(index)) => Some(*index),
+                _ => None,
+            })
+            .max();
+        let table = highest.map(|highest| self.strings.wait_for(highest, &mut self.owned_table));
+        for item in row {
+            let Scanned::Cell(position, cell) = item else {
+                self.row_text_bytes = 0;
+                continue;
+            };
+            match cell {
+                Pending::Shared(index) => {
+                    let table = table
+                        .as_ref()
+                        .expect("a row with shared cells waited above");
+                    let text = match table.get(*index) {
+                        Some(Entry::Text(text)) => text,
+                        Some(Entry::Oversized) => bail!(
+                            "cell {}: its shared string is longer than the per-cell limit of {} MiB",
+                            cell_name(*position),
+                            MAX_CELL_TEXT_BYTES >> 20
+                        ),
+                        None => bail!("cell {}: {}", cell_name(*position), table.missing(*index)),
+                    };
+                    charge_row(&mut self.row_text_bytes, text.len(), *position)?;
+                    *cell = Pending::Ready(Data::String(text.to_string()));
+                }
+                Pending::Ready(Data::String(text)) => {
+                    charge_row(&mut self.row_text_bytes, text.len(), *position)?;
+                }
+                Pending::Ready(_) => {}
             }
         }
+        Ok(())
     }
-    let mut flow = ControlFlow::Continue(());
-    for (position, cell) in pending.drain(..) {
-        let Pending::Ready(data) = cell else {
-            unreachable!("every shared cell was resolved above");
-        };
-        if matches!(&data, Data::String(text) if text.is_empty()) {
-            continue;
-        }
-        if flow.is_continue() {
-            flow = visit(SheetEvent::Cell(position, data));
-        }
-    }
-    // the vector is reused: its capacity is one row's
-    state.pending = pending;
-    Ok(flow)
 }
 
 /// Decodes one cell from the XML between `<c ...>` and `</c>`; also says whether it has a
@@ -438,6 +712,40 @@ fn owned_text(bytes: &[u8]) -> anyhow::Result<String> {
     Ok(text.to_string())
 }
 
+/// The raw value of a cell body that is exactly `<v>raw</v></c>`, with no markup, entity or
+/// carriage return in `raw`, and the bytes of the body with its end tag; `None` for any
+/// other shape, or one not wholly in `body` yet, which the general decoder reads.
+#[inline]
+fn plain_value(body: &[u8]) -> Option<(&[u8], usize)> {
+    let rest = body.strip_prefix(b"<v>")?;
+    let length = memchr::memchr3(b'<', b'&', b'\r', rest)?;
+    rest[length..]
+        .starts_with(b"</v></c>")
+        .then(|| (&rest[..length], 3 + length + 8))
+}
+
+/// [`decode_value`] of a plain value (see [`plain_value`]), with a shared-string index read
+/// at once.
+#[inline]
+fn decode_plain_value(
+    raw: &[u8],
+    kind: Option<&CellKind>,
+    style: Option<usize>,
+    context: &SheetContext<'_>,
+    text: &mut Vec<u8>,
+) -> anyhow::Result<Pending> {
+    if kind == Some(&CellKind::SharedString)
+        && (1..=9).contains(&raw.len())
+        && raw.iter().all(u8::is_ascii_digit)
+    {
+        let index = raw
+            .iter()
+            .fold(0u32, |index, digit| index * 10 + u32::from(digit - b'0'));
+        return Ok(Pending::Shared(index));
+    }
+    decode_value(raw, kind, style, context, text)
+}
+
 /// Decodes the `<v>` of a cell by its `t` and `s` attributes, as calamine's `read_v` does.
 fn decode_value(
     raw: &[u8],
@@ -522,6 +830,9 @@ fn parse_error(value: &str) -> anyhow::Result<CellErrorType> {
 
 /// Parses an A1 reference (`C4`, or a row number alone) into its 0-based row and column.
 pub(super) fn parse_reference(reference: &[u8]) -> anyhow::Result<(u32, Option<u32>)> {
+    if let Some(parsed) = parse_short_reference(reference) {
+        return Ok(parsed);
+    }
     let mut column: u32 = 0;
     let mut row: u32 = 0;
     let mut digits = false;
@@ -548,6 +859,32 @@ pub(super) fn parse_reference(reference: &[u8]) -> anyhow::Result<(u32, Option<u
         .checked_sub(1)
         .with_context(|| format!("{:?} has no row number", String::from_utf8_lossy(reference)))?;
     Ok((row, column.checked_sub(1)))
+}
+
+/// [`parse_reference`] of the shape every writer emits (up to three capital letters, up to
+/// seven digits, not row 0) in plain arithmetic, as it is read once a cell; `None` for
+/// anything else.
+#[inline]
+fn parse_short_reference(reference: &[u8]) -> Option<(u32, Option<u32>)> {
+    let letters = reference
+        .iter()
+        .take_while(|byte| byte.is_ascii_uppercase())
+        .count();
+    let digits = &reference[letters..];
+    if letters > 3 || !(1..=7).contains(&digits.len()) {
+        return None;
+    }
+    let column = reference[..letters].iter().fold(0u32, |column, letter| {
+        column * 26 + u32::from(letter - b'A') + 1
+    });
+    let mut row = 0u32;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        row = row * 10 + u32::from(digit - b'0');
+    }
+    Some((row.checked_sub(1)?, column.checked_sub(1)))
 }
 
 /// The A1 name of a 0-based (row, column).

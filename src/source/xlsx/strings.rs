@@ -15,7 +15,10 @@ use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use super::scan::{ScanError, TagKind, XmlStream, decode_string_item, resumable_end_tag};
+use super::scan::{
+    ScanError, TagKind, XmlStream, decode_string_item, resumable_end_tag, trim_ascii_whitespace,
+    unescape_excel,
+};
 use super::{MAX_CELL_TEXT_BYTES, MAX_ELEMENT_XML_BYTES};
 
 /// Most entries the table holds; more is refused. Offsets cost 4 bytes an entry, so this
@@ -299,6 +302,13 @@ fn parse_entries<R: Read>(
     let mut scratch = Vec::new();
     let mut item_text = Vec::new();
     loop {
+        if let Some(consumed) = plain_string_item(stream.data(), batch, &mut item_text) {
+            stream.consume(consumed?);
+            if batch.lengths.len() >= BATCH_ENTRIES || batch.text.len() >= BATCH_BYTES {
+                strings.publish(batch).map_err(ScanError::Refused)?;
+            }
+            continue;
+        }
         let Some(tag) = stream.next_tag()? else {
             return Err(ScanError::Malformed("the part ends before </sst>"));
         };
@@ -354,6 +364,50 @@ fn parse_entries<R: Read>(
             _ => stream.consume(tag.length),
         }
     }
+}
+
+/// Adds the string item at the start of `data` to `batch` when it has the plain shape
+/// writers emit, `<si><t>text</t></si>` (or `<t xml:space="preserve">`) with no markup,
+/// entity or carriage return in the text, and gives the bytes it spans; `None` for any
+/// other shape, or an item not wholly in `data`, which the general decoder reads.
+/// `unescaped` is a reusable buffer.
+fn plain_string_item(
+    data: &[u8],
+    batch: &mut Batch,
+    unescaped: &mut Vec<u8>,
+) -> Option<Result<usize, ScanError>> {
+    const PRESERVE: &[u8] = b" xml:space=\"preserve\">";
+    let rest = data.strip_prefix(b"<si><t")?;
+    let (rest, preserve) = match rest.strip_prefix(b">") {
+        Some(rest) => (rest, false),
+        None => (rest.strip_prefix(PRESERVE)?, true),
+    };
+    let length = memchr::memchr3(b'<', b'&', b'\r', rest)?;
+    if !rest[length..].starts_with(b"</t></si>") {
+        return None;
+    }
+    let raw = &rest[..length];
+    let mut text = if preserve {
+        raw
+    } else {
+        trim_ascii_whitespace(raw)
+    };
+    if memchr::memchr(b'_', text).is_some() {
+        unescaped.clear();
+        unescape_excel(text, unescaped);
+        text = unescaped;
+    }
+    let Ok(text) = std::str::from_utf8(text) else {
+        return Some(Err(ScanError::Malformed("a shared string is not UTF-8")));
+    };
+    if text.len() > MAX_CELL_TEXT_BYTES {
+        batch.lengths.push(None);
+    } else {
+        batch.lengths.push(Some(text.len() as u32));
+        batch.text.push_str(text);
+    }
+    let tag_length = if preserve { 6 + PRESERVE.len() } else { 7 };
+    Some(Ok(tag_length + length + "</t></si>".len()))
 }
 
 #[cfg(test)]
