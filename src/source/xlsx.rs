@@ -6,11 +6,13 @@
 //!
 //! Why: reading a large .xlsx is where the time goes. The shared strings and the sheet are
 //! inflated and parsed at the same time, with a zip handle each: the shared strings on one
-//! thread (`strings`), the sheet inflated on another and scanned (`sheet`) on the caller's,
-//! joined by bounded channels and a condvar, never by a second pass; both are scanned by a
-//! scanner made for SpreadsheetML (`scan`, memchr over the few tags that matter) rather than
-//! a general XML event parser; the shared strings live in one arena; and a row is handed on
-//! as soon as the strings it references are parsed.
+//! thread (`strings`), the sheet inflated on a second and scanned (`sheet`) on a third, and
+//! its shared strings resolved and its rows assembled and converted on the caller's; joined
+//! by bounded channels and a condvar, never by a second pass. Both parts are scanned by a
+//! scanner made for SpreadsheetML (`scan`, memchr over the few tags that matter, and a
+//! one-pass path for the plain shapes writers emit: `<c r=".." t="s"><v>..</v></c>` and
+//! `<si><t>..</t></si>`) rather than a general XML event parser; the shared strings live in
+//! one arena; and a row is handed on as soon as the strings it references are parsed.
 //!
 //! What it covers: shared strings, inline strings (`t="inlineStr"`), `t="str"` formula
 //! results, booleans, error cells, numbers, ISO date cells (`t="d"`), rich-text runs,

@@ -263,14 +263,15 @@ pub(super) fn parse_tag(bytes: &[u8]) -> Result<Option<Tag>, ScanError> {
     match second {
         b'?' => return Ok(other(b"?>", 2)),
         b'!' => {
-            if bytes.len() < 9 {
-                return Ok(None);
-            }
             if bytes.starts_with(b"<!--") {
                 return Ok(other(b"-->", 4));
             }
             if bytes.starts_with(b"<![CDATA[") {
                 return Ok(other(b"]]>", 9));
+            }
+            if b"<!--".starts_with(bytes) || b"<![CDATA[".starts_with(bytes) {
+                // too little of it yet to tell
+                return Ok(None);
             }
             // a document type declaration: read to its end, its content is never used
             return Ok(other(b">", 2));

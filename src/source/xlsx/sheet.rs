@@ -2,10 +2,12 @@
 //! into the calamine [`Data`] calamine's own cell reader gives for it, and hands the
 //! non-empty ones, in sheet order, to the caller.
 //!
-//! A row's cells are gathered first (shared-string cells as their index only) and resolved
-//! against the shared-string table in one step when the row ends, waiting there only if the
-//! table has not reached the row's highest index yet. It does not assemble rows or skip the
-//! rows above the header: the cells go next into the parent module's `RowAssembler`.
+//! Two halves, so that they can run on two threads: the scanner (`scan_sheet_cells`) decodes
+//! cells, shared-string cells as their index only, and hands them on in batches of whole
+//! rows; the [`Resolver`] replaces the indexes by their text, a row at a time, waiting only
+//! if the table has not reached the row's highest index yet, and hands the cells on. It does
+//! not assemble rows or skip the rows above the header: the cells go next into the parent
+//! module's `RowAssembler`.
 
 use std::borrow::Cow;
 use std::io::Read;
@@ -280,107 +282,99 @@ fn scan_into(
                 }
             }
         };
-        {
-            {
-                let data = stream.data();
-                let CellTag {
-                    reference,
-                    style,
-                    kind,
-                    length: tag_length,
-                    empty,
-                    qname,
-                } = cell_tag;
-                let position = match reference {
-                    Some(reference) => {
-                        let (row_index, column_index) = match parse_short_reference(reference) {
-                            Some((row_index, Some(column_index))) => {
-                                Some((row_index, column_index))
-                            }
-                            _ => parse_reference(reference).ok().and_then(
-                                |(row_index, column_index)| Some((row_index, column_index?)),
-                            ),
-                        }
-                        .with_context(|| {
-                            format!(
-                                "cell {} has a bad r attribute",
-                                cell_name((state.row_index, state.column_index))
-                            )
-                        })?;
-                        state.column_index = column_index;
-                        (row_index, column_index)
-                    }
-                    None => (state.row_index, state.column_index),
-                };
-                let at_cell = || format!("cell {}", cell_name(position));
-                // parsed here, so nothing borrowed from the window outlives a refill
-                let style = style.map(style_index);
-                let kind = kind.map(CellKind::parse);
-                let cell = if empty {
-                    stream.consume(tag_length);
-                    (Pending::Ready(Data::Empty), false)
-                } else if let Some((raw, length)) = plain_value(&data[tag_length..])
-                    && qname == b"c"
-                {
-                    // the common shape, `<c ...><v>raw</v></c>`, decoded without searching
-                    // for the end tags
-                    let pending = decode_plain_value(raw, kind.as_ref(), style, context, &mut text)
-                        .with_context(at_cell)?;
-                    stream.consume(tag_length + length);
-                    (pending, false)
-                } else {
-                    let close: Cow<'_, [u8]> = if qname == b"c" {
-                        Cow::Borrowed(b"c")
-                    } else {
-                        Cow::Owned(qname.to_vec())
-                    };
-                    let start = tag_length;
-                    let end = stream
-                        .read_until(resumable_end_tag(start, &close))
-                        .map_err(|error| match error {
-                            ScanError::TooLong => anyhow!(
-                                "the cell holds more than {} MiB of XML (the per-cell limit is {} MiB of text)",
-                                MAX_ELEMENT_XML_BYTES >> 20,
-                                MAX_CELL_TEXT_BYTES >> 20
-                            ),
-                            error => anyhow!("{error}"),
-                        })
-                        .with_context(at_cell)?
-                        .with_context(|| format!("{}: the worksheet ends inside it", at_cell()))?;
-                    let body = &stream.data()[start..end.0];
-                    let cell =
-                        decode_cell(body, kind.as_ref(), style, context, &mut text, &mut scratch)
-                            .with_context(at_cell)?;
-                    stream.consume(end.1);
-                    cell
-                };
-                let (pending, has_formula) = cell;
-                state.column_index = state.column_index.saturating_add(1);
-                match &pending {
-                    Pending::Ready(Data::Empty) => {
-                        if has_formula {
-                            outcome.uncached_formula_count += 1;
-                            outcome.first_uncached_formula.get_or_insert(position);
-                        }
-                        continue;
-                    }
-                    Pending::Ready(Data::String(text)) => {
-                        if text.is_empty() {
-                            continue;
-                        }
-                        charge_row(&mut state.row_text_bytes, text.len(), position)?;
-                        state.batch_text_bytes += text.len();
-                    }
-                    Pending::Ready(_) | Pending::Shared(_) => {}
+        let data = stream.data();
+        let CellTag {
+            reference,
+            style,
+            kind,
+            length: tag_length,
+            empty,
+            qname,
+        } = cell_tag;
+        let position = match reference {
+            Some(reference) => {
+                let (row_index, column_index) = match parse_short_reference(reference) {
+                    Some((row_index, Some(column_index))) => Some((row_index, column_index)),
+                    _ => parse_reference(reference)
+                        .ok()
+                        .and_then(|(row_index, column_index)| Some((row_index, column_index?))),
                 }
-                state.batch.push(Scanned::Cell(position, pending));
-                if (state.batch.len() >= MAX_PENDING_CELLS
-                    || state.batch_text_bytes >= BATCH_TEXT_BYTES)
-                    && send_batch(&mut state, send)?.is_break()
-                {
-                    return Ok(());
-                }
+                .with_context(|| {
+                    format!(
+                        "cell {} has a bad r attribute",
+                        cell_name((state.row_index, state.column_index))
+                    )
+                })?;
+                state.column_index = column_index;
+                (row_index, column_index)
             }
+            None => (state.row_index, state.column_index),
+        };
+        let at_cell = || format!("cell {}", cell_name(position));
+        // parsed here, so nothing borrowed from the window outlives a refill
+        let style = style.map(style_index);
+        let kind = kind.map(CellKind::parse);
+        let cell = if empty {
+            stream.consume(tag_length);
+            (Pending::Ready(Data::Empty), false)
+        } else if let Some((raw, length)) = plain_value(&data[tag_length..])
+            && qname == b"c"
+        {
+            // the common shape, `<c ...><v>raw</v></c>`, decoded without searching
+            // for the end tags
+            let pending = decode_plain_value(raw, kind.as_ref(), style, context, &mut text)
+                .with_context(at_cell)?;
+            stream.consume(tag_length + length);
+            (pending, false)
+        } else {
+            let close: Cow<'_, [u8]> = if qname == b"c" {
+                Cow::Borrowed(b"c")
+            } else {
+                Cow::Owned(qname.to_vec())
+            };
+            let start = tag_length;
+            let end = stream
+                .read_until(resumable_end_tag(start, &close))
+                .map_err(|error| match error {
+                    ScanError::TooLong => anyhow!(
+                        "the cell holds more than {} MiB of XML (the per-cell limit is {} MiB of text)",
+                        MAX_ELEMENT_XML_BYTES >> 20,
+                        MAX_CELL_TEXT_BYTES >> 20
+                    ),
+                    error => anyhow!("{error}"),
+                })
+                .with_context(at_cell)?
+                .with_context(|| format!("{}: the worksheet ends inside it", at_cell()))?;
+            let body = &stream.data()[start..end.0];
+            let cell = decode_cell(body, kind.as_ref(), style, context, &mut text, &mut scratch)
+                .with_context(at_cell)?;
+            stream.consume(end.1);
+            cell
+        };
+        let (pending, has_formula) = cell;
+        state.column_index = state.column_index.saturating_add(1);
+        match &pending {
+            Pending::Ready(Data::Empty) => {
+                if has_formula {
+                    outcome.uncached_formula_count += 1;
+                    outcome.first_uncached_formula.get_or_insert(position);
+                }
+                continue;
+            }
+            Pending::Ready(Data::String(text)) => {
+                if text.is_empty() {
+                    continue;
+                }
+                charge_row(&mut state.row_text_bytes, text.len(), position)?;
+                state.batch_text_bytes += text.len();
+            }
+            Pending::Ready(_) | Pending::Shared(_) => {}
+        }
+        state.batch.push(Scanned::Cell(position, pending));
+        if (state.batch.len() >= MAX_PENDING_CELLS || state.batch_text_bytes >= BATCH_TEXT_BYTES)
+            && send_batch(&mut state, send)?.is_break()
+        {
+            return Ok(());
         }
     }
 }
@@ -950,6 +944,54 @@ mod tests {
         assert_eq!(outcome.uncached_formula_count, 2);
         assert_eq!(outcome.first_uncached_formula, Some((5, 1)));
         assert!(outcome.read_to_end);
+    }
+
+    #[test]
+    fn cells_read_the_same_through_the_one_pass_path_and_the_general_one() {
+        // the first of each pair is the shape the one-pass path reads; the second the same
+        // cell in a shape it leaves to the general scanner
+        let pairs = [
+            (
+                "<c r=\"B1\" s=\"1\"><v>45351</v></c>",
+                "<c r = \"B1\" s=\"1\" ><v>45351</v></c>",
+            ),
+            (
+                "<c r='B1' t='b' x='a>b'><v>1</v></c>",
+                "<c r=\"B1\" t=\"b\"><v >1</v></c>",
+            ),
+            (
+                "<c r=\"B1\" t=\"str\"><v>a_x000D_b</v></c>",
+                "<x:c r=\"B1\" t=\"str\"><v>a_x000D_b</v></x:c>",
+            ),
+            (
+                "<c r=\"B1\" t=\"n\"><v>-1.5e3</v></c>",
+                "<c r=\"B1\" t=\"n\"><v>-1.5e3</v><!-- --></c>",
+            ),
+            (
+                "<c r=\"B1\" t=\"s\" r=\"C9\"/>",
+                "<c r=\"B1\" t=\"s\" r=\"C9\"></c>",
+            ),
+            (
+                "<c t=\"e\" r=\"B1\"><v>#N/A</v></c>",
+                "<c t=\"e\" r=\"B1\"><v>#N&#47;A</v></c>",
+            ),
+        ];
+        for (plain, general) in pairs {
+            let cells = |cell: &str| {
+                let sheet = format!(
+                    "<worksheet><sheetData><row r=\"1\">{cell}<c r=\"C1\"><v>7</v></c></row></sheetData></worksheet>"
+                );
+                read(&sheet, &[CellFormat::Other, CellFormat::DateTime])
+                    .unwrap()
+                    .0
+            };
+            assert_eq!(cells(plain), cells(general), "{plain}");
+            assert_eq!(
+                cells(plain).last(),
+                Some(&((0, 2), Data::Float(7.0))),
+                "{plain}"
+            );
+        }
     }
 
     #[test]

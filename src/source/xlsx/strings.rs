@@ -421,6 +421,30 @@ mod tests {
     }
 
     #[test]
+    fn plain_items_read_as_the_general_decoder_reads_them() {
+        // each item as the one-pass path takes it, and the same text in a shape it leaves
+        // to the general decoder (a comment inside the <t>)
+        for (item, expected) in [
+            ("<t>plain</t>", "plain"),
+            ("<t>  trimmed\t</t>", "trimmed"),
+            ("<t xml:space=\"preserve\">  kept </t>", "  kept "),
+            ("<t>a_x000D_b</t>", "a\rb"),
+            ("<t>caf\u{e9}</t>", "caf\u{e9}"),
+            ("<t></t>", ""),
+        ] {
+            let general = item.replacen("</t>", "<!-- -->", 1) + "</t>";
+            for xml in [item.to_string(), general] {
+                let table = parse(&format!("<sst><si>{xml}</si><si><t>next</t></si></sst>"));
+                assert_eq!(table.failure, None, "{xml}");
+                assert_eq!(table.get(0), Some(Entry::Text(expected)), "{xml}");
+                assert_eq!(table.get(1), Some(Entry::Text("next")), "{xml}");
+            }
+        }
+        let table = parse("<sst><si><t>\u{ff}</t></si></sst>");
+        assert_eq!(table.get(0), Some(Entry::Text("\u{ff}")));
+    }
+
+    #[test]
     fn entries_are_kept_in_one_arena_in_order() {
         let table = parse(
             "<?xml version=\"1.0\"?><sst count=\"4294967295\" uniqueCount=\"4294967295\"><si><t>a</t></si><si/>\
