@@ -234,9 +234,13 @@ impl XlsxWorkbook {
                             parse_shared_strings(FailingRead(innermost_cause(&error)), strings);
                         }
                     })
+                    .inspect_err(|_| {
+                        // no parser: no cell may wait for its entries
+                        strings.finish(Some("the shared strings reader did not start".into()))
+                    })
             });
             // the sheet is inflated on a thread of its own, a bounded channel of chunks ahead
-            // of the scanner (which also converts, in the pipeline's reader thread)
+            // of the scanner
             let (chunk_sender, chunk_receiver) =
                 std::sync::mpsc::sync_channel(INFLATED_CHUNKS_AHEAD);
             // read chunks go back to the inflater, so their memory is reused, not reallocated
@@ -592,13 +596,16 @@ fn scan_and_resolve<'scope>(
     // the scanner stops at its next read or batch
     stop.store(true, Ordering::Relaxed);
     drop(batch_receiver);
-    let scanned = scanner
+    let (mut outcome, scanned) = scanner
         .join()
         .map_err(|_| anyhow!("the sheet scanner panicked"))?;
-    // a resolver's error is of an earlier cell than any the scanner met after it
-    let stopped = resolved?.is_break();
-    let mut outcome = scanned?;
-    outcome.read_to_end &= !stopped;
+    // the scanner sends every complete row before its error: the resolver's error is of an
+    // earlier cell, and a resolver that stopped never reached the scanner's
+    if resolved?.is_break() {
+        outcome.read_to_end = false;
+        return Ok(outcome);
+    }
+    scanned?;
     Ok(outcome)
 }
 
@@ -693,8 +700,11 @@ impl Read for ChunkRead {
             match self.receiver.recv() {
                 Ok(chunk) => {
                     let spent = std::mem::replace(&mut self.chunk, chunk?);
-                    // the inflater may have enough already
-                    let _ = self.spent.try_send(spent);
+                    // (the first is the empty vector of `new`, no chunk of the pool)
+                    if spent.capacity() != 0 {
+                        // the inflater may have enough already
+                        let _ = self.spent.try_send(spent);
+                    }
                     self.offset = 0;
                 }
                 // the inflater is done: the end of the part

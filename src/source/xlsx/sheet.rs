@@ -117,6 +117,8 @@ enum CellValue<'a> {
 /// What the scanner hands on to the [`Resolver`]: a non-empty cell, a shared string still
 /// as its index, or the end of a `<row>`.
 pub(super) enum Scanned {
+    /// A `<row>` starts: its text budget starts again.
+    RowStart,
     Cell((u32, u32), Pending),
     RowEnd,
 }
@@ -148,28 +150,52 @@ pub(super) fn read_sheet_cells(
     visit: &mut dyn FnMut(SheetEvent) -> ControlFlow<()>,
 ) -> anyhow::Result<SheetOutcome> {
     let mut resolver = Resolver::new(context.strings);
-    scan_sheet_cells(reader, context, None, &mut |batch| {
+    let (outcome, scanned) = scan_sheet_cells(reader, context, None, &mut |batch| {
         resolver.resolve(batch, visit)
-    })
+    });
+    scanned.map(|()| outcome)
 }
 
 /// Scans the cells of one worksheet part and hands them on in batches of whole rows (see
 /// [`BATCH_ROW_ITEMS`]) to `send`, which takes the batch's items (leaving the vector empty,
 /// or swapping in another) and may stop the read. Only the shared strings are left to
 /// resolve, so the scan needs nothing of the shared-string table.
-/// Once `stop` is set the scan ends at its next read, with what it found so far.
+/// Once `stop` is set the scan ends at its next read, without error. On an error the rows
+/// complete before it are sent first, as if read one by one, and the error is returned
+/// only if `send` took them all; the outcome (what the scan found so far) in any case.
 pub(super) fn scan_sheet_cells(
     reader: impl Read,
     context: &SheetContext<'_>,
     stop: Option<&AtomicBool>,
     send: &mut dyn FnMut(&mut Vec<Scanned>) -> anyhow::Result<ControlFlow<()>>,
-) -> anyhow::Result<SheetOutcome> {
+) -> (SheetOutcome, anyhow::Result<()>) {
     let mut outcome = SheetOutcome::default();
-    match scan_into(reader, context, stop, &mut outcome, send) {
-        Ok(()) => Ok(outcome),
-        Err(_) if stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) => Ok(outcome),
-        Err(error) => Err(error),
-    }
+    let mut state = RowState {
+        row_index: 0,
+        column_index: 0,
+        batch: Vec::new(),
+        batch_text_bytes: 0,
+        row_text_bytes: 0,
+    };
+    let result = match scan_into(reader, context, stop, &mut outcome, &mut state, send) {
+        Err(_) if stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) => Ok(()),
+        Err(error) => {
+            let complete = state
+                .batch
+                .iter()
+                .rposition(|item| matches!(item, Scanned::RowEnd))
+                .map_or(0, |last| last + 1);
+            state.batch.truncate(complete);
+            match send_batch(&mut state, send) {
+                Ok(ControlFlow::Continue(())) => Err(error),
+                Ok(ControlFlow::Break(())) => Ok(()),
+                // an error of an earlier cell
+                Err(earlier) => Err(earlier),
+            }
+        }
+        Ok(()) => Ok(()),
+    };
+    (outcome, result)
 }
 
 fn scan_into(
@@ -177,6 +203,7 @@ fn scan_into(
     context: &SheetContext<'_>,
     stop: Option<&AtomicBool>,
     outcome: &mut SheetOutcome,
+    state: &mut RowState,
     send: &mut dyn FnMut(&mut Vec<Scanned>) -> anyhow::Result<ControlFlow<()>>,
 ) -> anyhow::Result<()> {
     let mut stream = XmlStream::new(reader, MAX_ELEMENT_XML_BYTES, stop);
@@ -206,13 +233,6 @@ fn scan_into(
         }
         stream.consume(tag.length);
     }
-    let mut state = RowState {
-        row_index: 0,
-        column_index: 0,
-        batch: Vec::new(),
-        batch_text_bytes: 0,
-        row_text_bytes: 0,
-    };
     let mut text = Vec::new();
     let mut scratch = Vec::new();
     loop {
@@ -221,7 +241,7 @@ fn scan_into(
         if matches!(state.batch.last(), Some(Scanned::RowEnd))
             && !stream.data().starts_with(b"<")
             && memchr::memchr(b'<', stream.data()).is_none()
-            && send_batch(&mut state, send)?.is_break()
+            && send_batch(state, send)?.is_break()
         {
             return Ok(());
         }
@@ -248,6 +268,7 @@ fn scan_into(
                             state.row_index = row_index;
                         }
                         state.row_text_bytes = 0;
+                        state.batch.push(Scanned::RowStart);
                         if tag.kind == TagKind::Empty {
                             state.row_index = state.row_index.saturating_add(1);
                             state.column_index = 0;
@@ -258,9 +279,8 @@ fn scan_into(
                     (TagKind::End, b"row") => {
                         stream.consume(tag.length);
                         state.batch.push(Scanned::RowEnd);
-                        state.row_text_bytes = 0;
                         if state.batch.len() >= BATCH_ROW_ITEMS
-                            && send_batch(&mut state, send)?.is_break()
+                            && send_batch(state, send)?.is_break()
                         {
                             return Ok(());
                         }
@@ -270,7 +290,7 @@ fn scan_into(
                     }
                     (TagKind::Start | TagKind::Empty, b"c") => CellTag::from_tag(&tag, data),
                     (TagKind::End, b"sheetData") => {
-                        if send_batch(&mut state, send)?.is_continue() {
+                        if send_batch(state, send)?.is_continue() {
                             outcome.read_to_end = true;
                         }
                         return Ok(());
@@ -368,11 +388,13 @@ fn scan_into(
                 charge_row(&mut state.row_text_bytes, text.len(), position)?;
                 state.batch_text_bytes += text.len();
             }
+            // not in the row's budget (as before), but in the batch's memory
+            Pending::Ready(Data::DateTimeIso(text)) => state.batch_text_bytes += text.len(),
             Pending::Ready(_) | Pending::Shared(_) => {}
         }
         state.batch.push(Scanned::Cell(position, pending));
         if (state.batch.len() >= MAX_PENDING_CELLS || state.batch_text_bytes >= BATCH_TEXT_BYTES)
-            && send_batch(&mut state, send)?.is_break()
+            && send_batch(state, send)?.is_break()
         {
             return Ok(());
         }
@@ -454,7 +476,10 @@ fn cell_start_tag(data: &[u8]) -> Option<CellTag<'_>> {
         }
         let equals = rest.iter().position(|byte| *byte == b'=')?;
         let key = &rest[..equals];
-        if key.iter().any(|byte| is_space(*byte) || *byte == b'/') {
+        if key
+            .iter()
+            .any(|byte| is_space(*byte) || matches!(byte, b'/' | b'"' | b'\'' | b'<'))
+        {
             return None;
         }
         let quote = *rest.get(equals + 1)?;
@@ -551,6 +576,7 @@ impl<'a> Resolver<'a> {
             // the table is not held while the cells go on, so the parser may publish
             for item in row {
                 let event = match std::mem::replace(item, Scanned::RowEnd) {
+                    Scanned::RowStart => continue,
                     Scanned::RowEnd => SheetEvent::RowEnd,
                     Scanned::Cell(_, Pending::Ready(Data::String(text))) if text.is_empty() => {
                         continue;
@@ -584,7 +610,9 @@ impl<'a> Resolver<'a> {
         let table = highest.map(|highest| self.strings.wait_for(highest, &mut self.owned_table));
         for item in row {
             let Scanned::Cell(position, cell) = item else {
-                self.row_text_bytes = 0;
+                if matches!(item, Scanned::RowStart) {
+                    self.row_text_bytes = 0;
+                }
                 continue;
             };
             match cell {
@@ -992,6 +1020,61 @@ mod tests {
                 "{plain}"
             );
         }
+    }
+
+    #[test]
+    fn rows_before_a_malformed_cell_go_on_first_and_the_earlier_error_wins() {
+        // each read takes the complete table out of its SharedStrings: one per read
+        let read_sheet_cells =
+            |sheet: &[u8], visit: &mut dyn FnMut(SheetEvent) -> ControlFlow<()>| {
+                let strings = SharedStrings::default();
+                strings.publish_for_test(&["id", "name"], true);
+                let context = SheetContext {
+                    formats: &[],
+                    is_1904: false,
+                    strings: &strings,
+                };
+                read_sheet_cells(sheet, &context, visit)
+            };
+        let sheet = |second_row: &str| {
+            format!(
+                "<worksheet><sheetData><row r=\"1\"><c r=\"A1\" t=\"s\"><v>0</v></c></row>{second_row}\
+                 <row r=\"3\"><c r=\"A3\" t=\"n\"><v>x</v></c></row></sheetData></worksheet>"
+            )
+        };
+        // a reader that stops after the first row (as the header read does) never meets the
+        // bad cell of row 3
+        let mut first_rows = Vec::new();
+        let outcome = read_sheet_cells(sheet("").as_bytes(), &mut |event| {
+            first_rows.push(event);
+            if first_rows.len() == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .expect("the read stops before the bad cell");
+        assert!(!outcome.read_to_end);
+        assert_eq!(
+            first_rows[0],
+            SheetEvent::Cell((0, 0), Data::String("id".to_string()))
+        );
+        // the error of an earlier row (a missing shared string) is the one reported
+        let row = "<row r=\"2\"><c r=\"A2\" t=\"s\"><v>9</v></c></row>";
+        let message = format!(
+            "{:#}",
+            read_sheet_cells(sheet(row).as_bytes(), &mut |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap_err()
+        );
+        assert!(message.contains("cell A2"), "{message}");
+        let message = format!(
+            "{:#}",
+            read_sheet_cells(sheet("").as_bytes(), &mut |_| { ControlFlow::Continue(()) })
+                .unwrap_err()
+        );
+        assert!(message.contains("cell A3"), "{message}");
     }
 
     #[test]

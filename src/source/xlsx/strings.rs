@@ -227,7 +227,8 @@ impl SharedStrings {
         }
     }
 
-    fn finish(&self, failure: Option<String>) {
+    /// Marks the table complete: no more entries come (`failure` says why, if any).
+    pub(super) fn finish(&self, failure: Option<String>) {
         let mut table = self.lock();
         if !table.complete {
             table.complete = true;
