@@ -96,15 +96,28 @@ impl CellKind {
 /// A cell's `s` attribute as a style index; one that is not a number is style 0, as in
 /// calamine.
 fn style_index(style: &[u8]) -> usize {
-    if (1..=9).contains(&style.len()) && style.iter().all(u8::is_ascii_digit) {
-        return style
-            .iter()
-            .fold(0, |index, digit| index * 10 + usize::from(digit - b'0'));
+    if let Some(index) = short_decimal(style) {
+        return index as usize;
     }
     std::str::from_utf8(style)
         .ok()
         .and_then(|style| style.parse::<usize>().ok())
         .unwrap_or(0)
+}
+
+/// `bytes` as a number when they are 1 to 9 ASCII digits and nothing else (what writers
+/// emit for indexes and row numbers), read in plain arithmetic; `None` for anything else,
+/// which the callers parse the general way.
+#[inline]
+fn short_decimal(bytes: &[u8]) -> Option<u32> {
+    if !(1..=9).contains(&bytes.len()) || !bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        bytes
+            .iter()
+            .fold(0, |number, digit| number * 10 + u32::from(digit - b'0')),
+    )
 }
 
 /// One cell's children, as found in its XML.
@@ -342,7 +355,7 @@ fn scan_into(
         {
             // the common shape, `<c ...><v>raw</v></c>`, decoded without searching
             // for the end tags
-            let pending = decode_plain_value(raw, kind.as_ref(), style, context, &mut text)
+            let pending = decode_value(raw, kind.as_ref(), style, context, &mut text)
                 .with_context(at_cell)?;
             stream.consume(tag_length + length);
             (pending, false)
@@ -746,28 +759,6 @@ fn plain_value(body: &[u8]) -> Option<(&[u8], usize)> {
         .then(|| (&rest[..length], 3 + length + 8))
 }
 
-/// [`decode_value`] of a plain value (see [`plain_value`]), with a shared-string index read
-/// at once.
-#[inline]
-fn decode_plain_value(
-    raw: &[u8],
-    kind: Option<&CellKind>,
-    style: Option<usize>,
-    context: &SheetContext<'_>,
-    text: &mut Vec<u8>,
-) -> anyhow::Result<Pending> {
-    if kind == Some(&CellKind::SharedString)
-        && (1..=9).contains(&raw.len())
-        && raw.iter().all(u8::is_ascii_digit)
-    {
-        let index = raw
-            .iter()
-            .fold(0u32, |index, digit| index * 10 + u32::from(digit - b'0'));
-        return Ok(Pending::Shared(index));
-    }
-    decode_value(raw, kind, style, context, text)
-}
-
 /// Decodes the `<v>` of a cell by its `t` and `s` attributes, as calamine's `read_v` does.
 fn decode_value(
     raw: &[u8],
@@ -776,6 +767,12 @@ fn decode_value(
     context: &SheetContext<'_>,
     text: &mut Vec<u8>,
 ) -> anyhow::Result<Pending> {
+    // the shared-string index as writers emit it, read without decoding
+    if kind == Some(&CellKind::SharedString)
+        && let Some(index) = short_decimal(raw)
+    {
+        return Ok(Pending::Shared(index));
+    }
     text.clear();
     decode_text(raw, text).map_err(|error| anyhow!("{error}"))?;
     let value = std::str::from_utf8(text).context("its value is not UTF-8")?;
@@ -899,13 +896,7 @@ fn parse_short_reference(reference: &[u8]) -> Option<(u32, Option<u32>)> {
     let column = reference[..letters].iter().fold(0u32, |column, letter| {
         column * 26 + u32::from(letter - b'A') + 1
     });
-    let mut row = 0u32;
-    for &digit in digits {
-        if !digit.is_ascii_digit() {
-            return None;
-        }
-        row = row * 10 + u32::from(digit - b'0');
-    }
+    let row = short_decimal(digits)?;
     Some((row.checked_sub(1)?, column.checked_sub(1)))
 }
 
