@@ -396,7 +396,9 @@ pub struct HistoryArgs {
 
 /// `importer serve`: where it listens, its limits, and the run options every upload starts
 /// from (a request's query may override the method, table, sheet, mode, key and atomic).
+/// Without `--table` or `--allow-table` no upload could go anywhere: a usage error.
 #[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("target_tables").args(["table", "allow_tables"]).required(true).multiple(true)))]
 pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free one (logged as `listening on http://ADDR`).
     /// Beyond loopback a token is required (IMPORTER_TOKEN or --token-file)

@@ -43,6 +43,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
 fn config_of(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
     let allowed_tables = match (&args.allow_tables[..], &args.table) {
         ([], Some(table)) => vec![table.clone()],
+        // the parser refuses this as a usage error; ServeArgs built in code gets it here
         ([], None) => bail!(
             "serve needs --table (the table uploads go to) or --allow-table PATTERN (the tables a request may name with ?table=)"
         ),

@@ -101,6 +101,9 @@ pub async fn run(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if config.allowed_tables.is_empty() {
+        anyhow::bail!("no table is allowed: give a default table or at least one table pattern");
+    }
     if config.token.is_none() && !is_loopback_address(&config.listen) {
         anyhow::bail!(
             "refusing to listen on {} without a token: beyond loopback every request must carry one; set IMPORTER_TOKEN or pass --token-file",

@@ -414,8 +414,14 @@ fn finished_response(finished: Finished) -> Response {
                 .map(RejectView::from)
                 .collect();
             let message = match report.outcome {
-                ImportOutcome::Skipped => "The file's content is already in the table",
-                _ => "Import completed successfully",
+                ImportOutcome::Skipped => "The file's content is already in the table".to_string(),
+                ImportOutcome::SomeRejected => format!(
+                    "Import completed with {} of {} rows rejected (see rejects)",
+                    report.stats.error_count, report.stats.total_records
+                ),
+                ImportOutcome::AllIn | ImportOutcome::Cancelled => {
+                    "Import completed successfully".to_string()
+                }
             };
             let body = json!({
                 "message": message,

@@ -874,9 +874,14 @@ fn rejected_rows_are_answered_200_with_the_rejects() {
     let service = Service::start(&db.url, &["--table", "businesses"]);
     let (status, answer) = post_file(&service, "/upload?method=copy", &file, "messy.xlsx", None);
     assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(answer["message"], "Import completed successfully");
     let rejected = answer["stats"]["error_count"].as_u64().unwrap();
     assert!(rejected > 0, "{answer}");
+    // rejected rows are no success: the message says how many
+    assert_eq!(
+        answer["message"],
+        format!("Import completed with {rejected} of 400 rows rejected (see rejects)"),
+        "{answer}"
+    );
     assert_eq!(answer["rejected_total"], rejected, "{answer}");
     let rejects = answer["rejects"].as_array().expect("rejects");
     assert_eq!(rejects.len() as u64, rejected.min(100), "{answer}");
@@ -1207,4 +1212,21 @@ fn keep_rejects_zero_still_keeps_the_file_it_links() {
     let csv = client().get(service.url(href)).send().unwrap();
     assert_eq!(csv.status(), StatusCode::OK);
     assert!(csv.text().unwrap().starts_with("row_number,"));
+}
+
+#[test]
+fn serve_without_a_table_nor_an_allowed_one_is_a_usage_error() {
+    let run = run_importer(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--uploads",
+            "/nonexistent",
+        ],
+        Some("postgres://postgres@127.0.0.1:1/nothing"),
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--table"), "{}", run.stderr);
+    assert!(run.stderr.contains("--allow-table"), "{}", run.stderr);
 }
