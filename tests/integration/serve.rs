@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use reqwest::blocking::{Client, multipart};
 use serde_json::Value;
 
-use crate::util::{TempDir, TestDb, project_fixture, run_importer};
+use crate::util::{TempDir, TestDb, fixture, project_fixture, run_importer};
 
 /// Longest a service takes to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -273,6 +273,30 @@ fn wait_for_import(service: &Service, id: i64, token: Option<&str>) -> Value {
     }
 }
 
+/// The rejects CSV an answer links (`rejects_href`).
+fn rejects_csv(service: &Service, answer: &Value) -> String {
+    let href = answer["rejects_href"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no rejects file: {answer}"));
+    let response = client().get(service.url(href)).send().expect("answered");
+    assert_eq!(response.status(), StatusCode::OK, "{href}");
+    response.text().expect("the CSV reads")
+}
+
+/// A test's piece of work for a thread of its own.
+type Job<'scope, T> = Box<dyn FnOnce() -> T + Send + 'scope>;
+
+/// Runs every job on a thread of its own at once; their results, in order.
+fn at_once<T: Send>(jobs: Vec<Job<'_, T>>) -> Vec<T> {
+    std::thread::scope(|scope| {
+        let running: Vec<_> = jobs.into_iter().map(|job| scope.spawn(job)).collect();
+        running
+            .into_iter()
+            .map(|job| job.join().expect("a test thread"))
+            .collect()
+    })
+}
+
 fn assert_stats_shape(stats: &Value, method: &str, rows: u64) {
     for field in [
         "method",
@@ -338,18 +362,15 @@ fn twenty_uploads_at_once_end_with_their_stats_or_429_and_nothing_lost_or_double
         &db.url,
         &["--table", "businesses", "--max-concurrent-imports", "4"],
     ));
-    let answers: Vec<(StatusCode, Value)> = std::thread::scope(|scope| {
-        let uploads: Vec<_> = (0..20)
+    let answers: Vec<(StatusCode, Value)> = at_once(
+        (0..20)
             .map(|_| {
                 let (service, file) = (Arc::clone(&service), file.clone());
-                scope.spawn(move || post_file(&service, "/upload", &file, "batch.xlsx", None))
+                Box::new(move || post_file(&service, "/upload", &file, "batch.xlsx", None))
+                    as Job<'_, (StatusCode, Value)>
             })
-            .collect();
-        uploads
-            .into_iter()
-            .map(|upload| upload.join().expect("upload thread"))
-            .collect()
-    });
+            .collect(),
+    );
     let mut succeeded = 0;
     for (status, answer) in &answers {
         match *status {
@@ -890,13 +911,7 @@ fn rejected_rows_are_answered_200_with_the_rejects() {
         assert!(reject["reason"].is_string(), "{reject}");
         assert!(reject.get("column").is_some(), "{reject}");
     }
-    let href = answer["rejects_href"].as_str().expect("a rejects file");
-    let csv = client()
-        .get(service.url(href))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let csv = rejects_csv(&service, &answer);
     assert_eq!(csv.lines().count() as u64, rejected + 1, "{csv}");
     assert_eq!(
         db.count("businesses") as u64,
@@ -1229,4 +1244,104 @@ fn serve_without_a_table_nor_an_allowed_one_is_a_usage_error() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("--table"), "{}", run.stderr);
     assert!(run.stderr.contains("--allow-table"), "{}", run.stderr);
+}
+
+#[test]
+fn error_answers_name_the_client_s_file_never_the_service_s_path() {
+    let db = TestDb::new();
+    db.execute("CREATE TABLE typed_people (name text, age integer)");
+    let dir = TempDir::new();
+    let service = Service::start(&db.url, &["--allow-table", "*"]);
+    let uploads = service.uploads.display().to_string();
+    // (file on disk, name the client gives it, query)
+    let mut cases: Vec<(PathBuf, String, String)> = std::fs::read_dir(fixture("crashers"))
+        .expect("the crashers directory reads")
+        .map(|entry| entry.expect("an entry").path())
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (path, format!("client {name}"), String::new())
+        })
+        .collect();
+    assert!(cases.len() >= 28, "{} crashers", cases.len());
+    let whole = generate(&dir, "whole.xlsx", 200, 0.0);
+    let bytes = std::fs::read(&whole).unwrap();
+    let truncated = dir.path("truncated.xlsx");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let empty = dir.path("empty.xlsx");
+    std::fs::write(&empty, b"").unwrap();
+    let people = dir.path("people.csv");
+    std::fs::write(&people, "name,age\nAda,36\nBob,old\n").unwrap();
+    cases.extend([
+        (truncated, "Q3 report.xlsx".to_string(), String::new()),
+        (empty, "nothing.xlsx".to_string(), String::new()),
+        // a workbook named as CSV, and CSV named as a workbook
+        (whole, "workbook.csv".to_string(), String::new()),
+        (
+            people.clone(),
+            "people.xls".to_string(),
+            "?table=typed_people".to_string(),
+        ),
+        (
+            people,
+            "people.csv".to_string(),
+            "?table=typed_people".to_string(),
+        ),
+    ]);
+    let check = |name: &str, text: &str| {
+        for server_side in [uploads.as_str(), "/tmp", "upload-"] {
+            assert!(
+                !text.contains(server_side),
+                "{name}: the answer names {server_side:?}: {text}"
+            );
+        }
+    };
+    // two senders: the hostile files take a while, and the machine is shared
+    let service = &service;
+    let answers: Vec<(String, StatusCode, Value)> = at_once(
+        cases
+            .chunks(cases.len().div_ceil(2))
+            .map(|chunk| {
+                Box::new(move || {
+                    chunk
+                        .iter()
+                        .map(|(path, name, query)| {
+                            let (status, answer) =
+                                post_file(service, &format!("/upload{query}"), path, name, None);
+                            (name.clone(), status, answer)
+                        })
+                        .collect::<Vec<_>>()
+                }) as Job<'_, _>
+            })
+            .collect(),
+    )
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut failures = 0;
+    for (name, status, answer) in &answers {
+        let text = answer.to_string();
+        check(name, &text);
+        if *status == StatusCode::OK {
+            assert_eq!(answer["stats"]["file"], name.as_str(), "{text}");
+        } else {
+            failures += 1;
+            let error = answer["error"].as_str().unwrap_or_else(|| panic!("{text}"));
+            assert!(error.contains(name.as_str()), "{name}: {status} {error}");
+        }
+        if let Some(id) = answer["id"].as_i64() {
+            let (_, view) = get_json(service, &format!("/imports/{id}"), None);
+            check(name, &view.to_string());
+            if answer["rejects_href"].is_string() {
+                check(name, &rejects_csv(service, answer));
+            }
+        }
+    }
+    assert!(failures >= 15, "{failures} error answers: {answers:?}");
+    // a CSV's cell references (in the rejects file) name the file as the client did
+    let (_, _, people) = answers
+        .iter()
+        .find(|(name, _, _)| name == "people.csv")
+        .expect("people.csv answered");
+    let csv = rejects_csv(service, people);
+    assert!(csv.contains("not an integer: old (people.csv!B3)"), "{csv}");
 }
