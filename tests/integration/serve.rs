@@ -108,6 +108,12 @@ impl Service {
         assert_eq!(sent, 0, "SIGTERM is sent");
     }
 
+    /// Kills the process (SIGKILL: no shutdown of any kind) and reaps it.
+    pub(crate) fn kill(&mut self) {
+        self.child.kill().expect("the service is killed");
+        self.child.wait().expect("the killed service is reaped");
+    }
+
     /// Waits for the process to end, at most `timeout`.
     pub(crate) fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
@@ -1344,4 +1350,79 @@ fn error_answers_name_the_client_s_file_never_the_service_s_path() {
         .expect("people.csv answered");
     let csv = rejects_csv(service, people);
     assert!(csv.contains("not an integer: old (people.csv!B3)"), "{csv}");
+}
+
+/// Waits until no connection of an import (or of a service) is left on the database.
+fn wait_for_no_importer_sessions(db: &TestDb) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sessions = db.scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()
+                AND application_name LIKE 'importer%'",
+        );
+        if sessions.as_deref() == Some("0") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sessions:?} sessions of the killed service are still open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_import_of_a_killed_service_is_died_with_the_rows_it_committed() {
+    let db = businesses_db();
+    let dir = TempDir::new();
+    let file = generate(&dir, "big.xlsx", 100_000, 0.0);
+    let uploads = dir.path("uploads");
+    let args = ["--table", "businesses", "--method", "sequential"];
+    let mut service = Service::start_with(&db.url, &args, &[], &uploads);
+    let (status, answer) = post_file(&service, "/imports", &file, "big.xlsx", None);
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let id = answer["id"].as_i64().expect("an id");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while db.count("businesses") == 0 {
+        assert!(Instant::now() < deadline, "no row arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    service.kill();
+    // once the killed process's sessions are gone, nothing more of the run can commit
+    wait_for_no_importer_sessions(&db);
+    let in_table = db.count("businesses");
+    assert!(in_table > 0 && in_table < 100_000, "{in_table}");
+    let recorded = db.scalar(&format!(
+        "SELECT outcome FROM importer.runs WHERE id = {id}"
+    ));
+    assert_eq!(
+        recorded.as_deref(),
+        Some("running"),
+        "nobody recorded its end"
+    );
+    let restarted = Service::start_with(&db.url, &args, &[], &uploads);
+    let (status, view) = get_json(&restarted, &format!("/imports/{id}"), None);
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["status"], "died", "{view}");
+    assert!(
+        view["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("killed")),
+        "{view}"
+    );
+    assert_eq!(view["file"], "big.xlsx", "{view}");
+    assert_eq!(view["rows"]["written"], in_table, "{view}");
+    // the dead process took its count of the rows read and rejected with it
+    assert!(view["rows"]["read"].is_null(), "{view}");
+    assert!(view["rows"]["rejected"].is_null(), "{view}");
+    assert!(view["stats"].is_null(), "{view}");
+    let (status, list) = get_json(&restarted, "/imports", None);
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let listed = list["imports"]
+        .as_array()
+        .and_then(|imports| imports.iter().find(|import| import["id"] == id))
+        .unwrap_or_else(|| panic!("import {id} is not listed: {list}"));
+    assert_eq!(listed["status"], "died", "{listed}");
+    assert_eq!(listed["rows"]["written"], in_table, "{listed}");
 }
