@@ -252,7 +252,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The number of available cores (the default worker count).
-fn available_cores() -> usize {
+pub(crate) fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use tempfile::TempPath;
 
 use super::error::{ApiError, client_message};
+use super::lock;
 use super::metrics::Metrics;
 use super::upload::Upload;
 use crate::import::{
@@ -466,14 +467,6 @@ impl ProgressSink for Progress {
     fn rows(&self, rows: RowsSoFar) {
         *lock(&self.entry.rows) = rows;
     }
-}
-
-/// Locks a std mutex of this module; its holders never panic, so a poisoned one still
-/// holds consistent data.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The ledger's name of how an import ended.

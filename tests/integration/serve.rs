@@ -48,7 +48,39 @@ impl Service {
         environment: &[(&str, &str)],
         uploads: &Path,
     ) -> Service {
-        let mut command = serve_command(database_url, args, environment, uploads);
+        Service::launch(
+            serve_command(database_url, args, environment, uploads),
+            uploads,
+        )
+    }
+
+    /// As [`Service::start_with`], the process limited to `open_files` open files (soft and
+    /// hard limit alike, so that the service cannot raise it).
+    pub(crate) fn start_with_open_files(
+        database_url: &str,
+        args: &[&str],
+        uploads: &Path,
+        open_files: u64,
+    ) -> Service {
+        use std::os::unix::process::CommandExt;
+        let mut command = serve_command(database_url, args, &[], uploads);
+        let limit = libc::rlimit {
+            rlim_cur: open_files,
+            rlim_max: open_files,
+        };
+        // SAFETY: the closure runs in the forked child before exec and makes one
+        // async-signal-safe system call on a value copied in, allocating nothing.
+        unsafe {
+            command.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            });
+        }
+        Service::launch(command, uploads)
+    }
+
+    /// Spawns `command` listening on a free port and waits for the address it prints.
+    fn launch(mut command: Command, uploads: &Path) -> Service {
         command.args(["--listen", "127.0.0.1:0"]);
         let mut child = command.spawn().expect("the importer binary starts");
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -1425,4 +1457,135 @@ fn an_import_of_a_killed_service_is_died_with_the_rows_it_committed() {
         .unwrap_or_else(|| panic!("import {id} is not listed: {list}"));
     assert_eq!(listed["status"], "died", "{listed}");
     assert_eq!(listed["rows"]["written"], in_table, "{listed}");
+}
+
+/// Opens a connection to `service` and sends half a request header, then nothing more.
+fn stalled_connection(service: &Service) -> TcpStream {
+    let address = service.base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).expect("connects");
+    stream
+        .write_all(format!("GET /health HTTP/1.1\r\nHost: {address}\r\nX-Stalled: ").as_bytes())
+        .expect("writes");
+    stream
+}
+
+/// Whether the service closed `stream`: it reads the end (or a reset) within `timeout`.
+fn closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
+    stream.set_read_timeout(Some(timeout)).expect("timeout set");
+    let mut rest = Vec::new();
+    match stream.read_to_end(&mut rest) {
+        Ok(_) => true,
+        Err(error) => !matches!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn stalled_clients_past_the_open_file_limit_leave_health_answering() {
+    const OPEN_FILES: u64 = 256;
+    let db = TestDb::new();
+    let dir = TempDir::new();
+    let service = Service::start_with_open_files(
+        &db.url,
+        &[
+            "--table",
+            "people",
+            "--max-concurrent-imports",
+            "1",
+            "--header-timeout",
+            "2",
+        ],
+        &dir.path("uploads"),
+        OPEN_FILES,
+    );
+    // more stalled clients than the service has descriptors
+    let mut stalled: Vec<TcpStream> = (0..OPEN_FILES + 44)
+        .map(|_| stalled_connection(&service))
+        .collect();
+    let health = Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client builds")
+        .get(service.url("/health"))
+        .send()
+        .expect("/health answers a new connection");
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(
+        health.json::<Value>().expect("JSON"),
+        serde_json::json!({"status": "healthy"})
+    );
+    // one stalled after the others: only the header timeout can close it
+    let mut last = stalled_connection(&service);
+    assert!(
+        closed_within(&mut last, Duration::from_secs(60)),
+        "a connection that sent half a header is still open a minute later"
+    );
+    for (number, stream) in stalled.iter_mut().enumerate() {
+        assert!(
+            closed_within(stream, Duration::from_secs(60)),
+            "stalled connection {number} is still open"
+        );
+    }
+    let (status, _) = get_json(&service, "/health", None);
+    assert_eq!(status, StatusCode::OK);
+    assert!(!service.stderr().contains("panic"), "{}", service.stderr());
+}
+
+/// `GET /health` on a connection of its own, as raw HTTP: the whole answer.
+fn raw_health(service: &Service) -> String {
+    let address = service.base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).expect("connects");
+    stream
+        .write_all(
+            format!("GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("writes");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout set");
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .expect("an answer within a minute");
+    answer
+}
+
+#[test]
+fn a_newcomer_gets_503_when_every_connection_is_in_a_request() {
+    let db = businesses_db();
+    let service = Service::start(
+        &db.url,
+        &["--table", "businesses", "--max-connections", "1"],
+    );
+    // the one connection must be inside its request when the next arrives; until then the
+    // next one closes it (it is between requests) and is served: try again
+    let mut attempts = 0;
+    let refused = loop {
+        attempts += 1;
+        let mut upload = unfinished_upload(&service);
+        let answer = raw_health(&service);
+        if answer.starts_with("HTTP/1.1 503") {
+            break answer;
+        }
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            closed_within(&mut upload, Duration::from_secs(60)),
+            "served beyond --max-connections 1 while the other connection stayed open"
+        );
+        assert!(attempts < 50, "the upload never got inside its request");
+    };
+    assert!(refused.contains("too many connections"), "{refused}");
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after: 5"),
+        "{refused}"
+    );
+    // once the upload's connection is gone, its place serves again
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !raw_health(&service).starts_with("HTTP/1.1 200") {
+        assert!(Instant::now() < deadline, "the place was never given back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
