@@ -396,7 +396,9 @@ pub struct HistoryArgs {
 
 /// `importer serve`: where it listens, its limits, and the run options every upload starts
 /// from (a request's query may override the method, table, sheet, mode, key and atomic).
+/// Without `--table` or `--allow-table` no upload could go anywhere: a usage error.
 #[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("target_tables").args(["table", "allow_tables"]).required(true).multiple(true)))]
 pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free one (logged as `listening on http://ADDR`).
     /// Beyond loopback a token is required (IMPORTER_TOKEN or --token-file)
@@ -431,6 +433,16 @@ pub struct ServeArgs {
     /// Longest a request may take, upload and import included, before it gets 408
     #[arg(long, default_value_t = 3600, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout: u64,
+
+    /// Longest a client may take to send a request's headers (also between the requests of a
+    /// kept-alive connection), then its connection is closed
+    #[arg(long, default_value_t = crate::serve::HEADER_TIMEOUT.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout: u64,
+
+    /// Most connections open at once, lowered to what the open-file limit leaves; one more
+    /// closes the oldest connection between requests, or gets 503 when all are in a request
+    #[arg(long, default_value_t = crate::serve::MAX_CONNECTIONS, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
 
     /// Rejects files kept for GET /imports/{id}/rejects.csv: the newest N
     #[arg(long, default_value_t = 100, value_name = "N")]

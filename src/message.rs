@@ -45,6 +45,24 @@ pub fn shown_path(path: &Path) -> String {
     shown(&path.to_string_lossy())
 }
 
+/// `text` with every naming of `path` (as [`shown_path`] shows it, as it displays, or by its
+/// file name alone) replaced by `name`, made safe as by [`shown`]: a message about a file
+/// the user knows by another name than its path.
+pub fn with_path_shown_as(text: &str, path: &Path, name: &str) -> String {
+    let name = shown(name);
+    let mut renamed = text
+        .replace(&shown_path(path), &name)
+        .replace(&path.display().to_string(), &name);
+    if let Some(file_name) = path
+        .file_name()
+        .map(|file_name| file_name.to_string_lossy())
+        && !file_name.is_empty()
+    {
+        renamed = renamed.replace(file_name.as_ref(), &name);
+    }
+    renamed
+}
+
 /// The whole error line made safe: control characters escaped and the length capped at
 /// [`MAX_LINE_CHARS`], whatever the message holds.
 pub fn final_line(line: &str) -> String {
@@ -85,6 +103,8 @@ fn push_escaped(out: &mut String, character: char) {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     #[test]
@@ -101,6 +121,32 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(shown(text), expected, "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_path_is_renamed_however_a_message_names_it() {
+        let path = Path::new("/srv/uploads/upload-Ab12.xlsx");
+        let long = PathBuf::from(format!("/{}/upload-Cd34.xlsx", "d".repeat(300)));
+        let cases = [
+            (path, "cannot open /srv/uploads/upload-Ab12.xlsx: bad zip"),
+            (path, "sheet \"S\" of upload-Ab12.xlsx has no header"),
+            (
+                &long,
+                &*format!("cannot open {}: bad zip", shown_path(&long)),
+            ),
+            (&long, &*format!("cannot open {}: bad zip", long.display())),
+        ];
+        for (path, text) in cases {
+            let renamed = with_path_shown_as(text, path, "Q3\nSales.xlsx");
+            assert!(renamed.contains("Q3\\nSales.xlsx"), "{renamed}");
+            assert!(!renamed.contains("upload-"), "{renamed}");
+            assert!(
+                !renamed.contains("/srv") && !renamed.contains("ddd"),
+                "{renamed}"
+            );
+        }
+        let untouched = "cannot open other.xlsx";
+        assert_eq!(with_path_shown_as(untouched, path, "x.xlsx"), untouched);
     }
 
     #[test]

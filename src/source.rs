@@ -159,6 +159,34 @@ pub struct SheetSummary {
 
 /// Reads the header row only.
 pub fn read_header(spec: &SourceSpec) -> anyhow::Result<Header> {
+    read_header_row(spec).map_err(|error| named_by_label(error, spec))
+}
+
+/// Visits every non-blank row at or below the header row (the header itself first) until
+/// `visit` breaks.
+pub fn read_rows(
+    spec: &SourceSpec,
+    visit: &mut dyn FnMut(SheetRow) -> ControlFlow<()>,
+) -> anyhow::Result<SheetSummary> {
+    read_sheet_rows(spec, visit).map_err(|error| named_by_label(error, spec))
+}
+
+/// `error` with the file named by the spec's label wherever it names the path: the readers
+/// name the file they open, and a labelled file (an upload saved under a name of the
+/// service's own) must be shown by the label only.
+fn named_by_label(error: anyhow::Error, spec: &SourceSpec) -> anyhow::Error {
+    let Some(label) = &spec.csv.label else {
+        return error;
+    };
+    let text = format!("{error:#}");
+    let renamed = crate::message::with_path_shown_as(&text, &spec.path, label);
+    match renamed == text {
+        true => error,
+        false => anyhow!(renamed),
+    }
+}
+
+fn read_header_row(spec: &SourceSpec) -> anyhow::Result<Header> {
     let mut first_row = None;
     let SheetSummary {
         sheet_name,
@@ -197,9 +225,7 @@ pub fn read_header(spec: &SourceSpec) -> anyhow::Result<Header> {
     })
 }
 
-/// Visits every non-blank row at or below the header row (the header itself first) until
-/// `visit` breaks.
-pub fn read_rows(
+fn read_sheet_rows(
     spec: &SourceSpec,
     visit: &mut dyn FnMut(SheetRow) -> ControlFlow<()>,
 ) -> anyhow::Result<SheetSummary> {

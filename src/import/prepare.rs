@@ -114,12 +114,17 @@ pub async fn prepare(options: &ImportOptions) -> anyhow::Result<Prepared> {
     })
 }
 
-/// The CSV reader's options: as given, forced for standard input and `.csv` names, and
-/// labelled `stdin` when standard input is read.
+/// The reader's options: as given, CSV forced for standard input and `.csv` names, and
+/// labelled `stdin` when standard input is read, else by the display name (the readers'
+/// messages then name the file as the caller's user knows it, never by its path).
 fn csv_options(options: &ImportOptions) -> CsvOptions {
     let label = match is_stdin(&options.file) {
         true => Some("stdin".to_string()),
-        false => options.csv.label.clone(),
+        false => options
+            .csv
+            .label
+            .clone()
+            .or_else(|| options.display_name.clone()),
     };
     CsvOptions {
         forced: options.is_csv_input(),
@@ -247,7 +252,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The number of available cores (the default worker count).
-fn available_cores() -> usize {
+pub(crate) fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 

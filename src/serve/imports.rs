@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -22,17 +22,22 @@ use tracing::{info, warn};
 use tempfile::TempPath;
 
 use super::error::{ApiError, client_message};
+use super::lock;
 use super::metrics::Metrics;
 use super::upload::Upload;
 use crate::import::{
     self, FailureKind, ImportControl, ImportFailure, ImportOptions, ImportOutcome, ImportReport,
     ProgressSink, RejectedRow, RowsSoFar,
 };
-use crate::sink::ledger::RunEntry;
+use crate::sink::chunks::RunRows;
+use crate::sink::ledger::{RunEntry, RunOutcome};
 use crate::stats::ImportStats;
 
 /// Ended imports kept in memory (beyond them, `GET /imports/{id}` reads the run ledger).
 const ENDED_KEPT: usize = 1000;
+
+/// The error of a run whose process died without recording its outcome.
+const DIED_MESSAGE: &str = "the run ended without recording its outcome (its process was killed, or lost the server for good); the next run on its table records it died";
 
 /// How the rejects files are kept.
 #[derive(Debug, Clone, Copy)]
@@ -116,12 +121,34 @@ pub(crate) struct ImportView {
     pub rejected_total: Option<u64>,
 }
 
-/// Rows read, written and rejected so far.
+/// Rows read, written and rejected so far. Of a run this process did not see end without
+/// its stats (it died, or failed before them), only `written` is known, from the chunk
+/// ledger: `read` and `rejected` are then null.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub(crate) struct RowsView {
-    pub read: u64,
+    pub read: Option<u64>,
     pub written: u64,
-    pub rejected: u64,
+    pub rejected: Option<u64>,
+}
+
+impl From<RowsSoFar> for RowsView {
+    fn from(rows: RowsSoFar) -> Self {
+        RowsView {
+            read: Some(rows.read),
+            written: rows.written,
+            rejected: Some(rows.rejected),
+        }
+    }
+}
+
+impl From<&ImportStats> for RowsView {
+    fn from(stats: &ImportStats) -> Self {
+        RowsView {
+            read: Some(stats.total_records),
+            written: stats.success_count,
+            rejected: Some(stats.error_count),
+        }
+    }
 }
 
 /// One rejected row in a response.
@@ -316,8 +343,10 @@ impl Imports {
         Some(view_of(id, &entry, rejects_href(&self.uploads, id)))
     }
 
-    /// A ledger entry as the view, with live details when this process ran it.
-    pub fn view_of_entry(&self, entry: &RunEntry) -> ImportView {
+    /// A ledger entry as the view, with live details when this process ran it, else with
+    /// what the chunk ledger says of it (`chunks`): the rows in the table, and `died` for a
+    /// run still `running` whose process is gone.
+    pub fn view_of_entry(&self, entry: &RunEntry, chunks: Option<&RunRows>) -> ImportView {
         if let Some(view) = self.view(entry.id) {
             return view;
         }
@@ -327,12 +356,22 @@ impl Imports {
                 .as_ref()
                 .and_then(|stats| stats.get(field))
                 .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0)
         };
         let rows = RowsView {
             read: count("total_records"),
-            written: count("success_count"),
+            // the chunk ledger has every commit of the run, also of one that never finished
+            written: chunks.map_or_else(
+                || count("success_count").unwrap_or_default(),
+                |chunks| chunks.written,
+            ),
             rejected: count("error_count"),
+        };
+        let (status, error) = match chunks {
+            Some(chunks) if chunks.dead => (
+                RunOutcome::Died.name().to_string(),
+                Some(DIED_MESSAGE.to_string()),
+            ),
+            _ => (entry.outcome.clone(), entry.error.clone()),
         };
         let file = stats
             .as_ref()
@@ -349,13 +388,13 @@ impl Imports {
             );
         ImportView {
             id: entry.id,
-            status: entry.outcome.clone(),
+            status,
             table: entry.table.clone(),
             method: entry.method.clone(),
             file,
             rows,
             stats,
-            error: entry.error.clone(),
+            error,
             rejects_href: rejects_href(&self.uploads, entry.id),
             rejects: None,
             rejected_total: None,
@@ -430,14 +469,6 @@ impl ProgressSink for Progress {
     }
 }
 
-/// Locks a std mutex of this module; its holders never panic, so a poisoned one still
-/// holds consistent data.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// The ledger's name of how an import ended.
 pub(crate) fn status_of(result: &Result<ImportReport, ImportFailure>) -> &'static str {
     match result {
@@ -480,11 +511,7 @@ fn view_of(id: i64, entry: &LiveImport, rejects_href: Option<String>) -> ImportV
             table: entry.table.clone(),
             method: entry.method.clone(),
             file: entry.file.clone(),
-            rows: RowsView {
-                read: rows.read,
-                written: rows.written,
-                rejected: rows.rejected,
-            },
+            rows: RowsView::from(rows),
             stats: None,
             error: None,
             rejects_href: None,
@@ -500,18 +527,10 @@ fn view_of(id: i64, entry: &LiveImport, rejects_href: Option<String>) -> ImportV
                 .map_or_else(|| entry.table.clone(), |stats| stats.table.clone()),
             method: entry.method.clone(),
             file: entry.file.clone(),
-            rows: ended.stats.as_ref().map_or(
-                RowsView {
-                    read: rows.read,
-                    written: rows.written,
-                    rejected: rows.rejected,
-                },
-                |stats| RowsView {
-                    read: stats.total_records,
-                    written: stats.success_count,
-                    rejected: stats.error_count,
-                },
-            ),
+            rows: ended
+                .stats
+                .as_ref()
+                .map_or(RowsView::from(rows), RowsView::from),
             stats: ended
                 .stats
                 .as_ref()

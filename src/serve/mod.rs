@@ -6,6 +6,7 @@
 //!
 //! - `routes`: the router and handlers (what each endpoint answers);
 //! - `upload`: streaming a multipart upload to disk, size limit, type by content;
+//! - `connections`: the accept loop, header timeout, connection limit (slow clients);
 //! - `auth`: the bearer token and the `--allow-table` patterns;
 //! - `imports`: running imports as owned tasks, their live progress, rejects files;
 //! - `metrics`: the Prometheus metrics; `error`: the `{"error": ...}` responses.
@@ -16,6 +17,7 @@
 //! A second signal ends the process at once (`cmd::serve`).
 
 mod auth;
+mod connections;
 mod error;
 mod imports;
 mod metrics;
@@ -24,7 +26,7 @@ mod upload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -33,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use auth::is_loopback_address;
+pub use connections::{ConnectionLimits, HEADER_TIMEOUT, MAX_CONNECTIONS, REFUSALS_AT_ONCE};
 pub use imports::Retention;
 pub use routes::REJECTS_SHOWN;
 
@@ -63,6 +66,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Longest request.
     pub request_timeout: Duration,
+    /// The header timeout and the most connections open at once.
+    pub connections: ConnectionLimits,
     /// How rejects files are kept.
     pub retention: Retention,
     /// The run options every import starts from (`file` is replaced by the upload's).
@@ -101,6 +106,9 @@ pub async fn run(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if config.allowed_tables.is_empty() {
+        anyhow::bail!("no table is allowed: give a default table or at least one table pattern");
+    }
     if config.token.is_none() && !is_loopback_address(&config.listen) {
         anyhow::bail!(
             "refusing to listen on {} without a token: beyond loopback every request must carry one; set IMPORTER_TOKEN or pass --token-file",
@@ -148,24 +156,28 @@ pub async fn run(
     // directory fails to bind above and leaves the running one's files alone
     remove_leftover_uploads(&config.uploads);
     imports::prune_rejects(&config.uploads, config.retention);
-    info!(address = %address, "listening on http://{address}");
+    info!(
+        address = %address,
+        max_connections = config.connections.max_connections,
+        header_timeout_seconds = config.connections.header_timeout.as_secs_f64(),
+        "listening on http://{address}"
+    );
     let stop_accepting = CancellationToken::new();
     let app = routes::router(Arc::clone(&state));
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
-        .into_future();
+    let server = connections::serve(listener, app, config.connections, stop_accepting.clone());
     tokio::pin!(server);
     tokio::pin!(shutdown);
-    let served = tokio::select! {
-        served = &mut server => served,
+    tokio::select! {
+        () = &mut server => {}
         () = &mut shutdown => {
             let running = state.imports.running_count();
             info!(running, grace_seconds = config.shutdown_grace.as_secs(), "shutting down: no new connections; running imports get the grace period");
             stop_accepting.cancel();
             state.imports.tracker().close();
-            let mut served = None;
+            let mut served = false;
             let graceful = async {
-                served = Some((&mut server).await);
+                (&mut server).await;
+                served = true;
                 state.imports.tracker().wait().await;
             };
             if tokio::time::timeout(config.shutdown_grace, graceful).await.is_err() {
@@ -174,24 +186,16 @@ pub async fn run(
                 state.imports.tracker().wait().await;
                 // cancelled uploads answer 503 at once; a client still sending or reading
                 // slowly is not waited for beyond SERVER_DRAIN (dropping the server closes it)
-                if served.is_none() {
-                    served = match tokio::time::timeout(SERVER_DRAIN, &mut server).await {
-                        Ok(result) => Some(result),
-                        Err(_) => {
-                            warn!(drain_seconds = SERVER_DRAIN.as_secs(), "connections still open after the shutdown: closing them");
-                            Some(Ok(()))
-                        }
-                    };
+                if !served && tokio::time::timeout(SERVER_DRAIN, &mut server).await.is_err() {
+                    warn!(drain_seconds = SERVER_DRAIN.as_secs(), "connections still open after the shutdown: closing them");
                 }
             }
-            served.unwrap_or(Ok(()))
         }
-    };
+    }
     // imports started by requests still being answered are awaited too
     state.imports.tracker().close();
     state.imports.tracker().wait().await;
     pool.close().await;
-    served.context("the HTTP server failed")?;
     info!("service stopped");
     Ok(())
 }
@@ -205,6 +209,14 @@ fn service_pool(database_url: Option<&str>) -> anyhow::Result<PgPool> {
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy_with(options))
+}
+
+/// Locks a std mutex of the service; its holders never panic, so a poisoned one still
+/// holds consistent data.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Deletes upload and rejects files a killed service left half-written (ours by name).

@@ -12,6 +12,7 @@
 //! | `GET /imports`, `GET /imports/{id}`, `GET /imports/{id}/rejects.csv` | imports, live and from the ledger |
 //! | `GET /metrics` | Prometheus text |
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ use super::upload::{self, Upload};
 use crate::import::{ImportOptions, ImportOutcome, Method, Mode};
 use crate::schema::default_table_name;
 use crate::sink::TableName;
-use crate::sink::ledger;
+use crate::sink::{chunks, ledger};
 
 /// The page at `GET /`.
 const PAGE_HTML: &str = include_str!("page.html");
@@ -414,8 +415,14 @@ fn finished_response(finished: Finished) -> Response {
                 .map(RejectView::from)
                 .collect();
             let message = match report.outcome {
-                ImportOutcome::Skipped => "The file's content is already in the table",
-                _ => "Import completed successfully",
+                ImportOutcome::Skipped => "The file's content is already in the table".to_string(),
+                ImportOutcome::SomeRejected => format!(
+                    "Import completed with {} of {} rows rejected (see rejects)",
+                    report.stats.error_count, report.stats.total_records
+                ),
+                ImportOutcome::AllIn | ImportOutcome::Cancelled => {
+                    "Import completed successfully".to_string()
+                }
             };
             let body = json!({
                 "message": message,
@@ -465,11 +472,21 @@ async fn list_imports(
         .await
         .map_err(ledger_error)?;
     let search_path = search_path(&state).await?;
-    let imports: Vec<ImportView> = entries
+    let entries: Vec<&ledger::RunEntry> = entries
         .iter()
         .filter(|entry| entry_allowed(&state, &search_path, entry))
         .take(limit as usize)
-        .map(|entry| state.imports.view_of_entry(entry))
+        .collect();
+    let ids: Vec<i64> = entries.iter().map(|entry| entry.id).collect();
+    let chunks: HashMap<i64, chunks::RunRows> = chunks::run_rows(&state.pool, &state.ledger, &ids)
+        .await
+        .map_err(ledger_error)?
+        .into_iter()
+        .map(|rows| (rows.run_id, rows))
+        .collect();
+    let imports: Vec<ImportView> = entries
+        .into_iter()
+        .map(|entry| state.imports.view_of_entry(entry, chunks.get(&entry.id)))
         .collect();
     Ok(Json(json!({ "imports": imports })))
 }
@@ -487,7 +504,10 @@ async fn show_import(
         .map_err(ledger_error)?;
     match entry {
         Some(entry) if entry_allowed(&state, &search_path(&state).await?, &entry) => {
-            Ok(Json(state.imports.view_of_entry(&entry)))
+            let chunks = chunks::run_rows(&state.pool, &state.ledger, &[id])
+                .await
+                .map_err(ledger_error)?;
+            Ok(Json(state.imports.view_of_entry(&entry, chunks.first())))
         }
         // a run into a table outside --allow-table is none of this service's business
         _ => Err(no_such_import(id)),

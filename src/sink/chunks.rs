@@ -316,6 +316,69 @@ pub async fn bury_dead_runs(
         .collect())
 }
 
+/// A run as the chunk ledger tells it to someone outside its process (a service restarted
+/// after it was killed, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunRows {
+    /// Its ledger id.
+    pub run_id: i64,
+    /// The rows its committed chunks put in the table: none for a staged run (`--atomic`,
+    /// `--mode replace`) that did not succeed, whose rows never reached the table.
+    pub written: u64,
+    /// Still `running` while its lock backend is gone: its process died without a word (the
+    /// next run on the table records it `died`, as [`bury_dead_runs`] does).
+    pub dead: bool,
+}
+
+/// [`RunRows`] of each of `run_ids` the ledger has; none at all without a chunk ledger.
+///
+/// Read without the table's lock, so a run counts as dead only when no backend has its lock
+/// pid: a backend whose start this role may not see (another role's session) counts as the
+/// lock's, and a run that has not recorded its lock backend yet counts as alive.
+pub async fn run_rows(
+    pool: &PgPool,
+    ledger: &Ledger,
+    run_ids: &[i64],
+) -> anyhow::Result<Vec<RunRows>> {
+    let cannot_read =
+        || format!("cannot read the rows of runs from the chunk ledger {CHUNKS_TABLE}");
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(ledger.qualify("importer.chunks"))
+        .fetch_one(pool)
+        .await
+        .with_context(cannot_read)?;
+    if !exists || run_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = ledger.qualify(
+        "SELECT r.id,
+                CASE WHEN r.staging_name IS NULL OR r.outcome IN ('succeeded', 'rejected_rows')
+                     THEN (SELECT coalesce(sum(c.row_count), 0)::bigint
+                             FROM importer.chunks c WHERE c.run_id = r.id)
+                     ELSE 0 END,
+                r.outcome = 'running' AND r.lock_pid IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                                 WHERE a.pid = r.lock_pid
+                                   AND (a.backend_start IS NULL
+                                        OR a.backend_start = r.lock_backend_start))
+           FROM importer.runs r
+          WHERE r.id = ANY($1)",
+    );
+    let rows: Vec<(i64, i64, bool)> = sqlx::query_as(&sql)
+        .bind(run_ids)
+        .fetch_all(pool)
+        .await
+        .with_context(cannot_read)?;
+    Ok(rows
+        .into_iter()
+        .map(|(run_id, written, dead)| RunRows {
+            run_id,
+            written: u64::try_from(written).unwrap_or_default(),
+            dead,
+        })
+        .collect())
+}
+
 /// The sheet rows that earlier unfinished runs of the same content put in the table: what a
 /// resumed run skips. Ranges of sheet row numbers, sorted and merged.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

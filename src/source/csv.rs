@@ -58,7 +58,8 @@ pub struct CsvOptions {
     pub encoding: Option<&'static Encoding>,
     /// A field equal to this text is NULL (psql's `\copy ... NULL`).
     pub null_string: Option<String>,
-    /// What messages and the sheet name call the input instead of its path (`stdin`).
+    /// What messages call the input instead of its path (`stdin`, a service's upload by the
+    /// client's file name), also for workbooks; for CSV also the sheet name.
     pub label: Option<String>,
 }
 

@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use reqwest::blocking::{Client, multipart};
 use serde_json::Value;
 
-use crate::util::{TempDir, TestDb, project_fixture, run_importer};
+use crate::util::{TempDir, TestDb, fixture, project_fixture, run_importer};
 
 /// Longest a service takes to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,7 +48,39 @@ impl Service {
         environment: &[(&str, &str)],
         uploads: &Path,
     ) -> Service {
-        let mut command = serve_command(database_url, args, environment, uploads);
+        Service::launch(
+            serve_command(database_url, args, environment, uploads),
+            uploads,
+        )
+    }
+
+    /// As [`Service::start_with`], the process limited to `open_files` open files (soft and
+    /// hard limit alike, so that the service cannot raise it).
+    pub(crate) fn start_with_open_files(
+        database_url: &str,
+        args: &[&str],
+        uploads: &Path,
+        open_files: u64,
+    ) -> Service {
+        use std::os::unix::process::CommandExt;
+        let mut command = serve_command(database_url, args, &[], uploads);
+        let limit = libc::rlimit {
+            rlim_cur: open_files,
+            rlim_max: open_files,
+        };
+        // SAFETY: the closure runs in the forked child before exec and makes one
+        // async-signal-safe system call on a value copied in, allocating nothing.
+        unsafe {
+            command.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            });
+        }
+        Service::launch(command, uploads)
+    }
+
+    /// Spawns `command` listening on a free port and waits for the address it prints.
+    fn launch(mut command: Command, uploads: &Path) -> Service {
         command.args(["--listen", "127.0.0.1:0"]);
         let mut child = command.spawn().expect("the importer binary starts");
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -106,6 +138,12 @@ impl Service {
         // SAFETY: kill(2) with a pid of our own child and a valid signal number
         let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
         assert_eq!(sent, 0, "SIGTERM is sent");
+    }
+
+    /// Kills the process (SIGKILL: no shutdown of any kind) and reaps it.
+    pub(crate) fn kill(&mut self) {
+        self.child.kill().expect("the service is killed");
+        self.child.wait().expect("the killed service is reaped");
     }
 
     /// Waits for the process to end, at most `timeout`.
@@ -273,6 +311,30 @@ fn wait_for_import(service: &Service, id: i64, token: Option<&str>) -> Value {
     }
 }
 
+/// The rejects CSV an answer links (`rejects_href`).
+fn rejects_csv(service: &Service, answer: &Value) -> String {
+    let href = answer["rejects_href"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no rejects file: {answer}"));
+    let response = client().get(service.url(href)).send().expect("answered");
+    assert_eq!(response.status(), StatusCode::OK, "{href}");
+    response.text().expect("the CSV reads")
+}
+
+/// A test's piece of work for a thread of its own.
+type Job<'scope, T> = Box<dyn FnOnce() -> T + Send + 'scope>;
+
+/// Runs every job on a thread of its own at once; their results, in order.
+fn at_once<T: Send>(jobs: Vec<Job<'_, T>>) -> Vec<T> {
+    std::thread::scope(|scope| {
+        let running: Vec<_> = jobs.into_iter().map(|job| scope.spawn(job)).collect();
+        running
+            .into_iter()
+            .map(|job| job.join().expect("a test thread"))
+            .collect()
+    })
+}
+
 fn assert_stats_shape(stats: &Value, method: &str, rows: u64) {
     for field in [
         "method",
@@ -338,18 +400,15 @@ fn twenty_uploads_at_once_end_with_their_stats_or_429_and_nothing_lost_or_double
         &db.url,
         &["--table", "businesses", "--max-concurrent-imports", "4"],
     ));
-    let answers: Vec<(StatusCode, Value)> = std::thread::scope(|scope| {
-        let uploads: Vec<_> = (0..20)
+    let answers: Vec<(StatusCode, Value)> = at_once(
+        (0..20)
             .map(|_| {
                 let (service, file) = (Arc::clone(&service), file.clone());
-                scope.spawn(move || post_file(&service, "/upload", &file, "batch.xlsx", None))
+                Box::new(move || post_file(&service, "/upload", &file, "batch.xlsx", None))
+                    as Job<'_, (StatusCode, Value)>
             })
-            .collect();
-        uploads
-            .into_iter()
-            .map(|upload| upload.join().expect("upload thread"))
-            .collect()
-    });
+            .collect(),
+    );
     let mut succeeded = 0;
     for (status, answer) in &answers {
         match *status {
@@ -874,9 +933,14 @@ fn rejected_rows_are_answered_200_with_the_rejects() {
     let service = Service::start(&db.url, &["--table", "businesses"]);
     let (status, answer) = post_file(&service, "/upload?method=copy", &file, "messy.xlsx", None);
     assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(answer["message"], "Import completed successfully");
     let rejected = answer["stats"]["error_count"].as_u64().unwrap();
     assert!(rejected > 0, "{answer}");
+    // rejected rows are no success: the message says how many
+    assert_eq!(
+        answer["message"],
+        format!("Import completed with {rejected} of 400 rows rejected (see rejects)"),
+        "{answer}"
+    );
     assert_eq!(answer["rejected_total"], rejected, "{answer}");
     let rejects = answer["rejects"].as_array().expect("rejects");
     assert_eq!(rejects.len() as u64, rejected.min(100), "{answer}");
@@ -885,13 +949,7 @@ fn rejected_rows_are_answered_200_with_the_rejects() {
         assert!(reject["reason"].is_string(), "{reject}");
         assert!(reject.get("column").is_some(), "{reject}");
     }
-    let href = answer["rejects_href"].as_str().expect("a rejects file");
-    let csv = client()
-        .get(service.url(href))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let csv = rejects_csv(&service, &answer);
     assert_eq!(csv.lines().count() as u64, rejected + 1, "{csv}");
     assert_eq!(
         db.count("businesses") as u64,
@@ -1207,4 +1265,327 @@ fn keep_rejects_zero_still_keeps_the_file_it_links() {
     let csv = client().get(service.url(href)).send().unwrap();
     assert_eq!(csv.status(), StatusCode::OK);
     assert!(csv.text().unwrap().starts_with("row_number,"));
+}
+
+#[test]
+fn serve_without_a_table_nor_an_allowed_one_is_a_usage_error() {
+    let run = run_importer(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--uploads",
+            "/nonexistent",
+        ],
+        Some("postgres://postgres@127.0.0.1:1/nothing"),
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--table"), "{}", run.stderr);
+    assert!(run.stderr.contains("--allow-table"), "{}", run.stderr);
+}
+
+#[test]
+fn error_answers_name_the_client_s_file_never_the_service_s_path() {
+    let db = TestDb::new();
+    db.execute("CREATE TABLE typed_people (name text, age integer)");
+    let dir = TempDir::new();
+    let service = Service::start(&db.url, &["--allow-table", "*"]);
+    let uploads = service.uploads.display().to_string();
+    // (file on disk, name the client gives it, query)
+    let mut cases: Vec<(PathBuf, String, String)> = std::fs::read_dir(fixture("crashers"))
+        .expect("the crashers directory reads")
+        .map(|entry| entry.expect("an entry").path())
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (path, format!("client {name}"), String::new())
+        })
+        .collect();
+    assert!(cases.len() >= 28, "{} crashers", cases.len());
+    let whole = generate(&dir, "whole.xlsx", 200, 0.0);
+    let bytes = std::fs::read(&whole).unwrap();
+    let truncated = dir.path("truncated.xlsx");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let empty = dir.path("empty.xlsx");
+    std::fs::write(&empty, b"").unwrap();
+    let people = dir.path("people.csv");
+    std::fs::write(&people, "name,age\nAda,36\nBob,old\n").unwrap();
+    cases.extend([
+        (truncated, "Q3 report.xlsx".to_string(), String::new()),
+        (empty, "nothing.xlsx".to_string(), String::new()),
+        // a workbook named as CSV, and CSV named as a workbook
+        (whole, "workbook.csv".to_string(), String::new()),
+        (
+            people.clone(),
+            "people.xls".to_string(),
+            "?table=typed_people".to_string(),
+        ),
+        (
+            people,
+            "people.csv".to_string(),
+            "?table=typed_people".to_string(),
+        ),
+    ]);
+    let check = |name: &str, text: &str| {
+        for server_side in [uploads.as_str(), "/tmp", "upload-"] {
+            assert!(
+                !text.contains(server_side),
+                "{name}: the answer names {server_side:?}: {text}"
+            );
+        }
+    };
+    // two senders: the hostile files take a while, and the machine is shared
+    let service = &service;
+    let answers: Vec<(String, StatusCode, Value)> = at_once(
+        cases
+            .chunks(cases.len().div_ceil(2))
+            .map(|chunk| {
+                Box::new(move || {
+                    chunk
+                        .iter()
+                        .map(|(path, name, query)| {
+                            let (status, answer) =
+                                post_file(service, &format!("/upload{query}"), path, name, None);
+                            (name.clone(), status, answer)
+                        })
+                        .collect::<Vec<_>>()
+                }) as Job<'_, _>
+            })
+            .collect(),
+    )
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut failures = 0;
+    for (name, status, answer) in &answers {
+        let text = answer.to_string();
+        check(name, &text);
+        if *status == StatusCode::OK {
+            assert_eq!(answer["stats"]["file"], name.as_str(), "{text}");
+        } else {
+            failures += 1;
+            let error = answer["error"].as_str().unwrap_or_else(|| panic!("{text}"));
+            assert!(error.contains(name.as_str()), "{name}: {status} {error}");
+        }
+        if let Some(id) = answer["id"].as_i64() {
+            let (_, view) = get_json(service, &format!("/imports/{id}"), None);
+            check(name, &view.to_string());
+            if answer["rejects_href"].is_string() {
+                check(name, &rejects_csv(service, answer));
+            }
+        }
+    }
+    assert!(failures >= 15, "{failures} error answers: {answers:?}");
+    // a CSV's cell references (in the rejects file) name the file as the client did
+    let (_, _, people) = answers
+        .iter()
+        .find(|(name, _, _)| name == "people.csv")
+        .expect("people.csv answered");
+    let csv = rejects_csv(service, people);
+    assert!(csv.contains("not an integer: old (people.csv!B3)"), "{csv}");
+}
+
+/// Waits until no connection of an import (or of a service) is left on the database.
+fn wait_for_no_importer_sessions(db: &TestDb) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sessions = db.scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()
+                AND application_name LIKE 'importer%'",
+        );
+        if sessions.as_deref() == Some("0") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sessions:?} sessions of the killed service are still open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_import_of_a_killed_service_is_died_with_the_rows_it_committed() {
+    let db = businesses_db();
+    let dir = TempDir::new();
+    let file = generate(&dir, "big.xlsx", 100_000, 0.0);
+    let uploads = dir.path("uploads");
+    let args = ["--table", "businesses", "--method", "sequential"];
+    let mut service = Service::start_with(&db.url, &args, &[], &uploads);
+    let (status, answer) = post_file(&service, "/imports", &file, "big.xlsx", None);
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let id = answer["id"].as_i64().expect("an id");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while db.count("businesses") == 0 {
+        assert!(Instant::now() < deadline, "no row arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    service.kill();
+    // once the killed process's sessions are gone, nothing more of the run can commit
+    wait_for_no_importer_sessions(&db);
+    let in_table = db.count("businesses");
+    assert!(in_table > 0 && in_table < 100_000, "{in_table}");
+    let recorded = db.scalar(&format!(
+        "SELECT outcome FROM importer.runs WHERE id = {id}"
+    ));
+    assert_eq!(
+        recorded.as_deref(),
+        Some("running"),
+        "nobody recorded its end"
+    );
+    let restarted = Service::start_with(&db.url, &args, &[], &uploads);
+    let (status, view) = get_json(&restarted, &format!("/imports/{id}"), None);
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["status"], "died", "{view}");
+    assert!(
+        view["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("killed")),
+        "{view}"
+    );
+    assert_eq!(view["file"], "big.xlsx", "{view}");
+    assert_eq!(view["rows"]["written"], in_table, "{view}");
+    // the dead process took its count of the rows read and rejected with it
+    assert!(view["rows"]["read"].is_null(), "{view}");
+    assert!(view["rows"]["rejected"].is_null(), "{view}");
+    assert!(view["stats"].is_null(), "{view}");
+    let (status, list) = get_json(&restarted, "/imports", None);
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let listed = list["imports"]
+        .as_array()
+        .and_then(|imports| imports.iter().find(|import| import["id"] == id))
+        .unwrap_or_else(|| panic!("import {id} is not listed: {list}"));
+    assert_eq!(listed["status"], "died", "{listed}");
+    assert_eq!(listed["rows"]["written"], in_table, "{listed}");
+}
+
+/// Opens a connection to `service` and sends half a request header, then nothing more.
+fn stalled_connection(service: &Service) -> TcpStream {
+    let address = service.base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).expect("connects");
+    stream
+        .write_all(format!("GET /health HTTP/1.1\r\nHost: {address}\r\nX-Stalled: ").as_bytes())
+        .expect("writes");
+    stream
+}
+
+/// Whether the service closed `stream`: it reads the end (or a reset) within `timeout`.
+fn closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
+    stream.set_read_timeout(Some(timeout)).expect("timeout set");
+    let mut rest = Vec::new();
+    match stream.read_to_end(&mut rest) {
+        Ok(_) => true,
+        Err(error) => !matches!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn stalled_clients_past_the_open_file_limit_leave_health_answering() {
+    const OPEN_FILES: u64 = 256;
+    let db = TestDb::new();
+    let dir = TempDir::new();
+    let service = Service::start_with_open_files(
+        &db.url,
+        &[
+            "--table",
+            "people",
+            "--max-concurrent-imports",
+            "1",
+            "--header-timeout",
+            "2",
+        ],
+        &dir.path("uploads"),
+        OPEN_FILES,
+    );
+    // more stalled clients than the service has descriptors
+    let mut stalled: Vec<TcpStream> = (0..OPEN_FILES + 44)
+        .map(|_| stalled_connection(&service))
+        .collect();
+    let health = Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client builds")
+        .get(service.url("/health"))
+        .send()
+        .expect("/health answers a new connection");
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(
+        health.json::<Value>().expect("JSON"),
+        serde_json::json!({"status": "healthy"})
+    );
+    // one stalled after the others: only the header timeout can close it
+    let mut last = stalled_connection(&service);
+    assert!(
+        closed_within(&mut last, Duration::from_secs(60)),
+        "a connection that sent half a header is still open a minute later"
+    );
+    for (number, stream) in stalled.iter_mut().enumerate() {
+        assert!(
+            closed_within(stream, Duration::from_secs(60)),
+            "stalled connection {number} is still open"
+        );
+    }
+    let (status, _) = get_json(&service, "/health", None);
+    assert_eq!(status, StatusCode::OK);
+    assert!(!service.stderr().contains("panic"), "{}", service.stderr());
+}
+
+/// `GET /health` on a connection of its own, as raw HTTP: the whole answer.
+fn raw_health(service: &Service) -> String {
+    let address = service.base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).expect("connects");
+    stream
+        .write_all(
+            format!("GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("writes");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout set");
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .expect("an answer within a minute");
+    answer
+}
+
+#[test]
+fn a_newcomer_gets_503_when_every_connection_is_in_a_request() {
+    let db = businesses_db();
+    let service = Service::start(
+        &db.url,
+        &["--table", "businesses", "--max-connections", "1"],
+    );
+    // the one connection must be inside its request when the next arrives; until then the
+    // next one closes it (it is between requests) and is served: try again
+    let mut attempts = 0;
+    let refused = loop {
+        attempts += 1;
+        let mut upload = unfinished_upload(&service);
+        let answer = raw_health(&service);
+        if answer.starts_with("HTTP/1.1 503") {
+            break answer;
+        }
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            closed_within(&mut upload, Duration::from_secs(60)),
+            "served beyond --max-connections 1 while the other connection stayed open"
+        );
+        assert!(attempts < 50, "the upload never got inside its request");
+    };
+    assert!(refused.contains("too many connections"), "{refused}");
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after: 5"),
+        "{refused}"
+    );
+    // once the upload's connection is gone, its place serves again
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !raw_health(&service).starts_with("HTTP/1.1 200") {
+        assert!(Instant::now() < deadline, "the place was never given back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
