@@ -309,6 +309,9 @@ crashers! {
     xlsm_repeated_v_in_a_cell: "repeated_v.xlsm" => Expected::Fatal("numeric cell holds \"<v><v>");
     // what repeats and references expand to is bounded per sheet, and refused at once
     ods_1_mb_cells_repeated_over_100000_rows: "rows_of_1_mb_cells_repeated.ods" => Expected::Fatal("takes the sheet past 4 GiB of text");
+    // 3 GB of text, under that bound: read with rows of 2 MB a few at a time, not in
+    // batches of 1,000 (2 GB)
+    ods_1_mb_cells_repeated_over_1500_rows: "rows_of_1_mb_cells_repeated_1500_times.ods" => Expected::Import;
     ods_a_value_repeated_over_every_row_and_column: "values_repeated_over_every_row_and_column.ods" => Expected::Fatal("takes the sheet's repeated cells past 67108864");
     xlsx_one_string_in_16_cells_of_1000_rows: "one_string_in_16_cells_of_1000_rows.xlsx" => Expected::Fatal("the sheet holds more than 4 GiB of text by row");
 }
