@@ -8,7 +8,7 @@
 use calamine::Data;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime};
 
-use crate::dates::{cell_datetime, parse_naive_datetime};
+use crate::dates::{cell_datetime, is_serial_in_range, parse_naive_datetime};
 use crate::schema::{Column, ColumnType, is_i64};
 
 /// A converted cell in PostgreSQL's text input form for its column, or `None` for NULL.
@@ -109,6 +109,8 @@ pub fn cell_text(cell: &Data) -> String {
         Data::Int(value) => value.to_string(),
         Data::Float(value) => float_text(*value),
         Data::Bool(value) => value.to_string(),
+        // a serial out of range (a broken file) is shown as the number it is
+        Data::DateTime(excel) if !is_serial_in_range(excel.as_f64()) => float_text(excel.as_f64()),
         Data::DateTime(excel) if excel.is_duration() => {
             duration_text(excel.as_f64() * 86_400_000.0)
         }
@@ -116,6 +118,7 @@ pub fn cell_text(cell: &Data) -> String {
             Some(datetime) => datetime_text(datetime),
             None => match cell {
                 Data::DateTimeIso(text) => text.clone(),
+                Data::DateTime(excel) => float_text(excel.as_f64()),
                 _ => String::new(),
             },
         },
@@ -592,7 +595,27 @@ mod tests {
                     Ok(Some("2024-01-02 03:04:05.123456")),
                 ),
                 (text("yesterday"), Err("not a timestamp: yesterday")),
+                // serials only a broken file holds: rejected, shown as the number
+                (date_cell(f64::NAN, false), Err("not a timestamp: NaN")),
+                (
+                    date_cell(f64::NEG_INFINITY, true),
+                    Err("not a timestamp: -Infinity"),
+                ),
+                (date_cell(-3e8, false), Err("not a timestamp: -300000000")),
+                // within range, but past the last year chrono holds
+                (date_cell(9.9e7, false), Err("not a timestamp: 99000000")),
             ],
+        );
+        check(
+            ColumnType::Date,
+            &[(
+                date_cell(-1e300, false),
+                Err(&*format!("not a date: -1{}...", "0".repeat(58))),
+            )],
+        );
+        check(
+            ColumnType::Text,
+            &[(date_cell(f64::INFINITY, false), Ok(Some("Infinity")))],
         );
         check(
             ColumnType::TimestampTz,
@@ -688,5 +711,11 @@ mod tests {
     fn durations_render_as_hours_minutes_seconds() {
         let duration = Data::DateTime(ExcelDateTime::new(1.5, ExcelDateTimeType::TimeDelta, false));
         assert_eq!(cell_text(&duration), "36:00:00");
+        let broken = Data::DateTime(ExcelDateTime::new(
+            f64::NAN,
+            ExcelDateTimeType::TimeDelta,
+            false,
+        ));
+        assert_eq!(cell_text(&broken), "NaN");
     }
 }

@@ -14,6 +14,11 @@ use std::path::Path;
 /// ellipsis and its full length.
 pub const MAX_SHOWN_CHARS: usize = 200;
 
+/// Most characters of a value from a file (a cell's text, an attribute, a number that is
+/// not one) an error or rejection line quotes: enough to recognise it, and a line that
+/// quotes a megabyte of markup stays short.
+pub const MAX_VALUE_CHARS: usize = 100;
+
 /// Most characters of the final error line: room for a few quoted names and their context.
 pub const MAX_LINE_CHARS: usize = 2_000;
 
@@ -26,9 +31,25 @@ pub fn shown(text: &str) -> String {
 /// `text` in double quotes, escaped and cut as by [`shown`] (quotes inside are escaped
 /// too, so the quoted name cannot look like it ends early).
 pub fn quoted(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(MAX_SHOWN_CHARS) + 2);
+    quoted_within(text, MAX_SHOWN_CHARS)
+}
+
+/// A value read from a file, for an error line: quoted and escaped as by [`quoted`], cut
+/// after [`MAX_VALUE_CHARS`] characters.
+pub fn quoted_value(text: &str) -> String {
+    quoted_within(text, MAX_VALUE_CHARS)
+}
+
+/// A value read from a file (an element name, say) escaped and cut as by [`quoted_value`],
+/// without the quotes.
+pub fn shown_value(text: &str) -> String {
+    cut(text, MAX_VALUE_CHARS)
+}
+
+fn quoted_within(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars) + 2);
     out.push('"');
-    let escaped = cut(text, MAX_SHOWN_CHARS);
+    let escaped = cut(text, max_chars);
     for character in escaped.chars() {
         if character == '"' {
             out.push_str("\\\"");
@@ -165,6 +186,17 @@ mod tests {
     #[test]
     fn quoted_escapes_quotes_inside() {
         assert_eq!(quoted("a \"b\"\nc"), r#""a \"b\"\nc""#);
+    }
+
+    #[test]
+    fn a_quoted_value_is_cut_after_a_hundred_characters() {
+        let markup = "<v>".repeat(1_000);
+        assert_eq!(
+            quoted_value(&markup),
+            format!("\"{}<… (3000 characters)\"", "<v>".repeat(33))
+        );
+        assert_eq!(quoted_value("1.5x"), "\"1.5x\"");
+        assert_eq!(quoted_value("a\"\n"), r#""a\"\n""#);
     }
 
     #[test]

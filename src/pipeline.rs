@@ -23,6 +23,12 @@ use crate::stats::Tally;
 /// Chunks the channel holds per worker before the reader waits.
 pub const CHUNKS_PER_WORKER: usize = 2;
 
+/// Most bytes of text a chunk gathers before it is sent, whatever its row count: a sheet
+/// of rows of megabytes (one long value in many cells) then travels a few rows at a time,
+/// so what the channel and the workers hold stays near a few times this, not `chunk_rows`
+/// times a row's limit (16 MiB). Real rows never reach it: a chunk of 1,000 rows of 16 KiB.
+pub const MAX_CHUNK_TEXT_BYTES: usize = 16 << 20;
+
 /// A task's result: what it counted, and the fatal error that stopped it, if any. The
 /// count is kept even on error, so the stats can say exactly what was written.
 pub type TaskOutcome = (Tally, anyhow::Result<()>);
@@ -188,6 +194,7 @@ fn read_and_convert(
     let mut tally = Tally::default();
     let width = job.columns.len();
     let mut chunk: Chunk = Vec::with_capacity(chunk_rows);
+    let mut chunk_text_bytes = 0_usize;
     let mut fatal: anyhow::Result<()> = Ok(());
     let mut cells_beyond_header = 0u64;
     let mut is_header = true;
@@ -242,7 +249,15 @@ fn read_and_convert(
             }
         });
         match converted {
-            Ok(converted) => chunk.push(converted),
+            Ok(converted) => {
+                chunk_text_bytes += converted
+                    .values
+                    .iter()
+                    .flatten()
+                    .map(String::len)
+                    .sum::<usize>();
+                chunk.push(converted);
+            }
             Err((row_number, rejection, cell_texts)) => {
                 tally.error_count += 1;
                 if let Err(error) = job.rejects.record(row_number, &rejection, &cell_texts) {
@@ -252,7 +267,8 @@ fn read_and_convert(
                 return ControlFlow::Continue(());
             }
         }
-        if chunk.len() >= chunk_rows {
+        if chunk.len() >= chunk_rows || chunk_text_bytes >= MAX_CHUNK_TEXT_BYTES {
+            chunk_text_bytes = 0;
             job.progress.add(tally.rows_read - counted_rows);
             counted_rows = tally.rows_read;
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_rows));

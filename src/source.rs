@@ -68,6 +68,14 @@ pub const MAX_CELL_TEXT_BYTES: usize = 1 << 20;
 /// from making a row of gigabytes.
 pub const MAX_ROW_TEXT_BYTES: usize = 16 << 20;
 
+/// Most bytes of text one sheet may hold, all its rows together: 4 GiB. A real sheet
+/// stays far below (a million rows of 30 text cells of 100 bytes is 3 GB, and neither
+/// Excel nor LibreOffice opens such a sheet), while a small file can make a few cells
+/// stand for terabytes: one 1 MB shared string in every cell of many rows (.xlsx), or a
+/// row of long values repeated over a hundred thousand rows (.ods, refused there before
+/// the first copy). Past it, reading stops with one error.
+pub const MAX_SHEET_TEXT_BYTES: u64 = 4 << 30;
+
 /// Where a calamine reader hands each non-empty cell, at its 0-based (row, column).
 pub(crate) type CellEmitter<'a> = dyn FnMut((u32, u32), CellView<'_>) -> ControlFlow<()> + 'a;
 
@@ -534,6 +542,8 @@ struct RowAssembler<'a> {
     current: Option<SheetRow>,
     /// Bytes of text in `current`, for [`MAX_ROW_TEXT_BYTES`].
     current_text_bytes: usize,
+    /// Bytes of text in the rows read so far, for [`MAX_SHEET_TEXT_BYTES`].
+    sheet_text_bytes: u64,
     visit: &'a mut dyn FnMut(SheetRow) -> ControlFlow<()>,
     stopped: bool,
     /// Whether the cell and row text limits apply (workbooks; CSV bounds its own fields).
@@ -548,6 +558,7 @@ impl<'a> RowAssembler<'a> {
             first_row_index,
             current: None,
             current_text_bytes: 0,
+            sheet_text_bytes: 0,
             visit,
             stopped: false,
             bounded: true,
@@ -593,6 +604,14 @@ impl<'a> RowAssembler<'a> {
                 self.fail(anyhow!(
                     "row {row_number} holds more than {} of text: no workbook row is that long (one value repeated across the row?)",
                     describe_bytes(MAX_ROW_TEXT_BYTES)
+                ));
+                return;
+            }
+            self.sheet_text_bytes = self.sheet_text_bytes.saturating_add(length as u64);
+            if self.bounded && self.sheet_text_bytes > MAX_SHEET_TEXT_BYTES {
+                self.fail(anyhow!(
+                    "the sheet holds more than {} of text by row {row_number}: no workbook sheet holds that much (one long value repeated in many cells?)",
+                    describe_bytes(MAX_SHEET_TEXT_BYTES as usize)
                 ));
                 return;
             }
@@ -688,6 +707,9 @@ pub(crate) fn cell_too_long(row_index: u32, column_index: u32, length: usize) ->
 
 /// A limit in bytes, as messages show it.
 fn describe_bytes(bytes: usize) -> String {
+    if bytes.is_multiple_of(1 << 30) {
+        return format!("{} GiB", bytes >> 30);
+    }
     match bytes {
         _ if bytes.is_multiple_of(1 << 20) => format!("{} MiB", bytes >> 20),
         _ if bytes.is_multiple_of(1 << 10) => format!("{} KiB", bytes >> 10),

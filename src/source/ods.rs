@@ -28,9 +28,10 @@ use quick_xml::{Reader, XmlVersion};
 use zip::ZipArchive;
 
 use super::{
-    MAX_CELL_TEXT_BYTES, MAX_COLUMNS, MAX_ROW_TEXT_BYTES, MAX_ROWS, cell_name, innermost_cause,
+    MAX_CELL_TEXT_BYTES, MAX_COLUMNS, MAX_ROW_TEXT_BYTES, MAX_ROWS, MAX_SHEET_TEXT_BYTES,
+    cell_name, describe_bytes, innermost_cause,
 };
-use crate::message::quoted;
+use crate::message::{quoted, quoted_value};
 
 /// The part of the package that holds the sheets.
 const CONTENT_XML: &str = "content.xml";
@@ -269,6 +270,7 @@ fn read_table<R: Read>(
     // the row's non-empty cells, kept to be pushed once per row repeat
     let mut cells: Vec<(u32, Data)> = Vec::new();
     let mut row_index: u32 = 0;
+    let mut expanded = Expansion::default();
     loop {
         let event = reader
             .read_event_into(buf)
@@ -277,7 +279,7 @@ fn read_table<R: Read>(
             Event::Start(element) if element.name().as_ref() == "table:table-row" => {
                 let repeats = repeat_count(&element, "table:number-rows-repeated")?;
                 cells.clear();
-                read_row(reader, row_index, &mut cells, &mut skipped)?;
+                let written = read_row(reader, row_index, &mut cells, &mut skipped)?;
                 // a repeated non-empty row is that many rows (LibreOffice writes identical
                 // consecutive rows this way); an empty one only moves the position, so
                 // repeated empty rows cost nothing however many they claim to be
@@ -289,6 +291,8 @@ fn read_table<R: Read>(
                             u64::from(row_index) + 1
                         );
                     }
+                    // what the repeats expand to is checked before the first copy is made
+                    expanded.add_row(row_index, &cells, written, repeats)?;
                     let end = end as u32; // at most MAX_ROWS, checked above
                     for repeat_index in row_index..end {
                         let flow = if repeat_index + 1 == end {
@@ -327,6 +331,61 @@ fn read_table<R: Read>(
     }
 }
 
+/// Most cells the repeats of one sheet (`table:number-columns-repeated` and
+/// `table:number-rows-repeated` on cells and rows that hold a value) may add to what its
+/// markup writes: 64 Mi, some 20 s of reading. LibreOffice writes identical neighbours
+/// that way, so a column of one value down a million rows is a million cells; a sheet
+/// whose repeats claim billions (a row of 16,384 values repeated a million times) is
+/// refused at once, before the first copy.
+const MAX_REPEATED_CELLS: u64 = 1 << 26;
+
+/// What a sheet's rows expand to once their repeats are applied, checked against
+/// [`MAX_SHEET_TEXT_BYTES`] and [`MAX_REPEATED_CELLS`] before the copies are made.
+#[derive(Debug, Default)]
+struct Expansion {
+    text_bytes: u64,
+    repeated_cells: u64,
+}
+
+impl Expansion {
+    /// Counts the row at `row_index` whose `cells` (`written` of them written as cell
+    /// elements, the rest their column repeats) stand for `repeats` rows.
+    fn add_row(
+        &mut self,
+        row_index: u32,
+        cells: &[(u32, Data)],
+        written: usize,
+        repeats: u32,
+    ) -> anyhow::Result<()> {
+        let copies = u64::from(repeats);
+        let row_text_bytes: u64 = cells
+            .iter()
+            .map(|(_, value)| value_text_bytes(value) as u64)
+            .sum();
+        self.text_bytes = self
+            .text_bytes
+            .saturating_add(row_text_bytes.saturating_mul(copies));
+        if self.text_bytes > MAX_SHEET_TEXT_BYTES {
+            bail!(
+                "row {} repeated over {repeats} rows takes the sheet past {} of text: no workbook sheet holds that much (one long value repeated over many rows?)",
+                u64::from(row_index) + 1,
+                describe_bytes(MAX_SHEET_TEXT_BYTES as usize)
+            );
+        }
+        let expanded_cells = (cells.len() as u64).saturating_mul(copies);
+        self.repeated_cells = self
+            .repeated_cells
+            .saturating_add(expanded_cells.saturating_sub(written as u64));
+        if self.repeated_cells > MAX_REPEATED_CELLS {
+            bail!(
+                "row {} repeated over {repeats} rows takes the sheet's repeated cells past {MAX_REPEATED_CELLS}: no workbook sheet repeats that much (values repeated over every column and row?)",
+                u64::from(row_index) + 1
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Pushes one row's cells at `row_index` until `push` breaks.
 fn push_row(
     push: &mut dyn CellSink,
@@ -340,16 +399,18 @@ fn push_row(
 }
 
 /// Reads the cells of one `table:table-row` whose start tag was just read, up to its end
-/// tag, into `cells` as (column index, value); empty cells only move the column.
+/// tag, into `cells` as (column index, value); empty cells only move the column. Gives the
+/// number of cell elements that held a value (`cells` holds their column repeats too).
 fn read_row<R: Read>(
     reader: &mut XmlReader<R>,
     row_index: u32,
     cells: &mut Vec<(u32, Data)>,
     buf: &mut Vec<u8>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<usize> {
     let mut content = Vec::new();
     let mut column_index: u32 = 0;
     let mut row_text_bytes = 0_usize;
+    let mut written = 0;
     loop {
         let event = reader
             .read_event_into(buf)
@@ -357,7 +418,9 @@ fn read_row<R: Read>(
         let (element, has_content) = match event {
             Event::Start(element) => (element, true),
             Event::Empty(element) => (element, false),
-            Event::End(element) if element.name().as_ref() == "table:table-row" => return Ok(()),
+            Event::End(element) if element.name().as_ref() == "table:table-row" => {
+                return Ok(written);
+            }
             Event::Eof => bail!(
                 "{CONTENT_XML} ends inside row {} (truncated?)",
                 u64::from(row_index) + 1
@@ -405,6 +468,7 @@ fn read_row<R: Read>(
                     MAX_ROW_TEXT_BYTES >> 20
                 );
             }
+            written += 1;
             cells.extend((column_index..end as u32).map(|index| (index, value.clone())));
         }
         column_index = column_index.saturating_add(repeats);
@@ -527,11 +591,9 @@ fn read_cell<R: Read>(
     }
     let value = match attributes.value_type.as_deref() {
         Some("float" | "percentage" | "currency") => match attributes.value {
-            Some(number) => {
-                Some(Data::Float(number.trim().parse().map_err(|_| {
-                    anyhow!("office:value {number:?} is not a number")
-                })?))
-            }
+            Some(number) => Some(Data::Float(number.trim().parse().map_err(|_| {
+                anyhow!("office:value {} is not a number", quoted_value(&number))
+            })?)),
             None => None,
         },
         Some("string") => attributes
@@ -735,7 +797,7 @@ fn parse_repeat_count(name: &str, count: &str) -> anyhow::Result<u32> {
         .trim()
         .parse::<u64>()
         .map(|count| u32::try_from(count.max(1)).unwrap_or(u32::MAX))
-        .map_err(|_| anyhow!("{name} {count:?} is not a count"))
+        .map_err(|_| anyhow!("{name} {} is not a count", quoted_value(count)))
 }
 
 /// An XML reader over `input` that skips whitespace between elements (1 GB of it costs

@@ -42,7 +42,7 @@ mod records;
 mod sheet;
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
@@ -53,7 +53,7 @@ use crate::message::shown_path;
 use records::{Cursor, Records};
 
 /// The stream reader under the records.
-type Stream = BufReader<cfb::Stream<File>>;
+type Stream = BufReader<cfb::Stream<ByteOrderMarkIgnored>>;
 
 /// Bytes of the stream reader's buffer.
 const STREAM_BUFFER_BYTES: usize = 64 * 1024;
@@ -132,7 +132,7 @@ pub(super) struct Globals {
 pub(crate) struct XlsWorkbook {
     path: PathBuf,
     /// The stream reads through it: it must outlive `records`.
-    _container: cfb::CompoundFile<File>,
+    _container: cfb::CompoundFile<ByteOrderMarkIgnored>,
     records: Records<Stream>,
     sheets: Vec<SheetEntry>,
     globals: Globals,
@@ -155,7 +155,7 @@ impl XlsWorkbook {
             )
         };
         let file = File::open(path).with_context(|| format!("cannot open {}", shown_path(path)))?;
-        let mut container = cfb::CompoundFile::open(file)
+        let mut container = cfb::CompoundFile::open(ByteOrderMarkIgnored::new(file))
             .map_err(|error| anyhow!(crate::message::shown(&error.to_string())))
             .with_context(unreadable)?;
         let stream = ["/Workbook", "/Book"]
@@ -212,6 +212,50 @@ impl XlsWorkbook {
                 )
             })?;
         sheet::read_cells(&mut self.records, offset, &self.globals, emit).with_context(context)
+    }
+}
+
+/// Offset of the compound file header's byte-order mark.
+const BYTE_ORDER_MARK_AT: u64 = 28;
+
+/// The byte-order mark every compound file holds (0xFFFE, little-endian).
+const BYTE_ORDER_MARK: [u8; 2] = [0xFE, 0xFF];
+
+/// The file under the compound-file reader, its header's byte-order mark always read as
+/// the one the format defines. Some writers put it byte-swapped; the format is
+/// little-endian whatever the mark says, and Excel, LibreOffice and calamine open such
+/// files, while the `cfb` crate refuses them.
+struct ByteOrderMarkIgnored {
+    file: File,
+    /// Offset of the next byte `file` gives.
+    position: u64,
+}
+
+impl ByteOrderMarkIgnored {
+    fn new(file: File) -> Self {
+        Self { file, position: 0 }
+    }
+}
+
+impl Read for ByteOrderMarkIgnored {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.file.read(buf)?;
+        let start = self.position;
+        self.position += read as u64;
+        for (index, byte) in BYTE_ORDER_MARK.iter().enumerate() {
+            let offset = BYTE_ORDER_MARK_AT + index as u64;
+            if (start..self.position).contains(&offset) {
+                buf[(offset - start) as usize] = *byte;
+            }
+        }
+        Ok(read)
+    }
+}
+
+impl Seek for ByteOrderMarkIgnored {
+    fn seek(&mut self, position: SeekFrom) -> std::io::Result<u64> {
+        self.position = self.file.seek(position)?;
+        Ok(self.position)
     }
 }
 
@@ -279,7 +323,7 @@ fn read_globals(records: &mut Records<Stream>, path: &Path) -> anyhow::Result<Gl
                 if matches!(id, 5..=8 | 23..=26 | 41..=44 | 63..=66 | 164..=382) {
                     text.clear();
                     cursor
-                        .unicode_string(&mut text, &mut units)
+                        .unicode_string_as_held(&mut text, &mut units)
                         .with_context(|| at("FORMAT"))?;
                     custom_formats.push((id, detect_custom_number_format(&text)));
                 }

@@ -56,6 +56,7 @@ use tracing::warn;
 use zip::ZipArchive;
 
 use super::innermost_cause;
+use crate::message::{quoted, quoted_value};
 pub(crate) use sheet::SheetEvent;
 use sheet::{Resolver, SheetContext, scan_sheet_cells};
 use strings::{SharedStrings, parse_shared_strings};
@@ -173,7 +174,8 @@ impl XlsxWorkbook {
     ) -> anyhow::Result<SheetRead> {
         let context = || {
             format!(
-                "cannot read sheet {sheet_name:?} of {}",
+                "cannot read sheet {} of {}",
+                quoted(sheet_name),
                 self.path.display()
             )
         };
@@ -183,7 +185,11 @@ impl XlsxWorkbook {
             .find(|sheet| sheet.name == sheet_name)
             .cloned()
             .with_context(|| {
-                format!("sheet {sheet_name:?} not found in {}", self.path.display())
+                format!(
+                    "sheet {} not found in {}",
+                    quoted(sheet_name),
+                    self.path.display()
+                )
             })?;
         if !entry.is_worksheet {
             bail!(
@@ -193,7 +199,7 @@ impl XlsxWorkbook {
         }
         let member = self
             .member(&entry.part)
-            .with_context(|| format!("{}: its part {:?} is missing", context(), entry.part))?
+            .with_context(|| format!("{}: its part {} is missing", context(), quoted(&entry.part)))?
             .to_string();
         // the shared strings get their own zip handle, for their own thread
         let strings_archive = match self
@@ -306,7 +312,7 @@ impl XlsxWorkbook {
             .archive
             .by_name(&member)
             .map_err(|error| anyhow!(innermost_cause(&error)))
-            .with_context(|| format!("cannot read {part:?}"))?;
+            .with_context(|| format!("cannot read {}", quoted(part)))?;
         let mut reader = Reader::from_reader(BufReader::new(BoundedRead {
             inner: file,
             remaining: MAX_METADATA_PART_BYTES,
@@ -348,12 +354,12 @@ impl XlsxWorkbook {
         let part = "_rels/.rels";
         let mut xml = self
             .part_xml(part)?
-            .with_context(|| format!("{part:?} is missing"))?;
+            .with_context(|| format!("{} is missing", quoted(part)))?;
         let mut buffer = Vec::new();
         loop {
             match xml
                 .read_event_into(&mut buffer)
-                .with_context(|| format!("cannot read {part:?}"))?
+                .with_context(|| format!("cannot read {}", quoted(part)))?
             {
                 Event::Start(element) if element.local_name().as_ref() == "Relationship" => {
                     let kind = attribute_value(&element, "Type")?;
@@ -363,7 +369,7 @@ impl XlsxWorkbook {
                         return Ok(target);
                     }
                 }
-                Event::Eof => bail!("{part:?} has no officeDocument relationship"),
+                Event::Eof => bail!("{} has no officeDocument relationship", quoted(part)),
                 _ => {}
             }
             buffer.clear();
@@ -377,13 +383,13 @@ impl XlsxWorkbook {
     ) -> anyhow::Result<HashMap<String, (String, String)>> {
         let mut xml = self
             .part_xml(part)?
-            .with_context(|| format!("{part:?} is missing"))?;
+            .with_context(|| format!("{} is missing", quoted(part)))?;
         let mut relationships = HashMap::new();
         let mut buffer = Vec::new();
         loop {
             match xml
                 .read_event_into(&mut buffer)
-                .with_context(|| format!("cannot read {part:?}"))?
+                .with_context(|| format!("cannot read {}", quoted(part)))?
             {
                 Event::Start(element) if element.local_name().as_ref() == "Relationship" => {
                     if let Some(id) = attribute_value(&element, "Id")? {
@@ -407,21 +413,21 @@ impl XlsxWorkbook {
     ) -> anyhow::Result<()> {
         let mut xml = self
             .part_xml(part)?
-            .with_context(|| format!("{part:?} is missing"))?;
+            .with_context(|| format!("{} is missing", quoted(part)))?;
         let mut buffer = Vec::new();
         let mut sheets = Vec::new();
         let mut is_1904 = false;
         loop {
             match xml
                 .read_event_into(&mut buffer)
-                .with_context(|| format!("cannot read {part:?}"))?
+                .with_context(|| format!("cannot read {}", quoted(part)))?
             {
                 Event::Start(element) if element.local_name().as_ref() == "sheet" => {
                     let name = attribute_value(&element, "name")?.unwrap_or_default();
                     let mut relationship_id = None;
                     for attribute in element.attributes().with_checks(false) {
                         let attribute =
-                            attribute.with_context(|| format!("cannot read {part:?}"))?;
+                            attribute.with_context(|| format!("cannot read {}", quoted(part)))?;
                         if attribute.key.local_name().as_ref() == "id" {
                             relationship_id = Some(attribute.value.into_owned());
                         }
@@ -430,7 +436,11 @@ impl XlsxWorkbook {
                         .as_ref()
                         .and_then(|id| relationships.get(id))
                         .with_context(|| {
-                            format!("sheet {name:?} has no relationship in {part:?}")
+                            format!(
+                                "sheet {} has no relationship in {}",
+                                quoted(&name),
+                                quoted(part)
+                            )
                         })?;
                     let part = match target.strip_prefix('/') {
                         Some(absolute) => absolute.to_string(),
@@ -439,7 +449,11 @@ impl XlsxWorkbook {
                     let is_worksheet = match kind.rsplit('/').next() {
                         Some("worksheet") => true,
                         Some("chartsheet" | "dialogsheet") => false,
-                        _ => bail!("sheet {name:?} has an unknown relationship type {kind:?}"),
+                        _ => bail!(
+                            "sheet {} has an unknown relationship type {}",
+                            quoted(&name),
+                            quoted_value(kind)
+                        ),
                     };
                     sheets.push(SheetEntry {
                         name,
@@ -475,7 +489,7 @@ impl XlsxWorkbook {
         loop {
             match xml
                 .read_event_into(&mut buffer)
-                .with_context(|| format!("cannot read {part:?}"))?
+                .with_context(|| format!("cannot read {}", quoted(part)))?
             {
                 Event::Start(element) => match element.local_name().as_ref() {
                     "numFmt" => {

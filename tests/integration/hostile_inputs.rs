@@ -299,6 +299,116 @@ crashers! {
     ods_1_gb_whitespace_m03229: "m03229.ods" => Expected::Import;
     ods_1_5_gb_cell_m03230: "m03230.ods" => Expected::Fatal("more than 8 MiB of markup or text without a break");
     ods_1_5_gb_attribute_m03231: "m03231.ods" => Expected::Fatal("more than 8 MiB of markup or text without a break");
+    // made by tests/fixtures/make_crashers.py: a date serial of -1.2e308 (one flipped
+    // byte), and -1e300 and NaN in .xlsx date cells: no date, never a panic (the table is
+    // inferred here, so the cells go to text; a_date_serial_out_of_range_is_a_rejected_cell
+    // loads them into timestamp columns)
+    xls_date_serial_flipped: "date_serial_flipped.xls" => Expected::Import, calamine Expected::Import;
+    xlsx_date_serial_huge: "date_serial_huge.xlsx" => Expected::Import;
+    // a cell of 3,000 characters of markup: the error quotes 100 of them
+    xlsm_repeated_v_in_a_cell: "repeated_v.xlsm" => Expected::Fatal("numeric cell holds \"<v><v>");
+    // what repeats and references expand to is bounded per sheet, and refused at once
+    ods_1_mb_cells_repeated_over_100000_rows: "rows_of_1_mb_cells_repeated.ods" => Expected::Fatal("takes the sheet past 4 GiB of text");
+    // 3 GB of text, under that bound: read with rows of 2 MB a few at a time, not in
+    // batches of 1,000 (2 GB)
+    ods_1_mb_cells_repeated_over_1500_rows: "rows_of_1_mb_cells_repeated_1500_times.ods" => Expected::Import;
+    ods_a_value_repeated_over_every_row_and_column: "values_repeated_over_every_row_and_column.ods" => Expected::Fatal("takes the sheet's repeated cells past 67108864");
+    xlsx_one_string_in_16_cells_of_1000_rows: "one_string_in_16_cells_of_1000_rows.xlsx" => Expected::Fatal("the sheet holds more than 4 GiB of text by row");
+}
+
+#[test]
+fn a_value_in_an_error_line_is_quoted_to_a_hundred_characters() {
+    let db = TestDb::new();
+    let path = fixture("crashers/repeated_v.xlsm");
+    let run = db.importer(&[
+        "run",
+        "--dry-run",
+        "-t",
+        "fz",
+        path.to_str().expect("UTF-8 path"),
+    ]);
+    let line = fatal_error_line(&run);
+    let quoted = format!("\"{}<… (3000 characters)\"", "<v>".repeat(33));
+    assert!(line.ends_with(&quoted), "{line}");
+    assert!(line.chars().count() < 300, "{line}");
+}
+
+#[test]
+fn a_date_serial_out_of_range_is_a_rejected_cell() {
+    // (file, reader arguments, the rejected row and its reason)
+    let cases: [(&str, &[&str], u32, &str); 4] = [
+        (
+            "date_serial_flipped.xls",
+            &[],
+            2,
+            "not a timestamp: -1244021788203405",
+        ),
+        (
+            "date_serial_flipped.xls",
+            &["--xls-reader", "calamine"],
+            2,
+            "not a timestamp: -1244021788203405",
+        ),
+        (
+            "date_serial_huge.xlsx",
+            &[],
+            2,
+            "not a timestamp: -1000000000000000",
+        ),
+        (
+            "date_serial_huge.xlsx",
+            &["--xlsx-reader", "calamine"],
+            2,
+            "not a timestamp: -1000000000000000",
+        ),
+    ];
+    for (name, reader, rejected_row, reason) in cases {
+        let db = TestDb::new();
+        db.execute(
+            "CREATE TABLE fz (id bigint, name text, qty text, price double precision, \
+             phone bigint, active boolean, day date, moment timestamp, note text)",
+        );
+        let dir = TempDir::new();
+        let rejects = dir.path("rejects.csv");
+        let path = fixture(&format!("crashers/{name}"));
+        let mut args = vec!["run", "--format", "json", "-t", "fz", "--rejects"];
+        args.push(rejects.to_str().expect("UTF-8 path"));
+        args.extend(reader);
+        args.push(path.to_str().expect("UTF-8 path"));
+        let run = db.importer(&args);
+        let label = format!("{name} {reader:?}");
+        assert_eq!(run.code, 3, "{label}: some rows are rejected\n{run:?}");
+        assert!(!run.stderr.contains("panicked"), "{label}: {run:?}");
+        let stats = run.json();
+        assert_eq!(stats["total_records"], 4, "{label}");
+        let written = stats["success_count"].as_u64().expect("a count");
+        assert_eq!(db.count("fz") as u64, written, "{label}");
+        let rejects = std::fs::read_to_string(&rejects).expect("the rejects file is written");
+        let line = rejects
+            .lines()
+            .find(|line| line.starts_with(&format!("{rejected_row},moment,")))
+            .unwrap_or_else(|| panic!("{label}: row {rejected_row} is not rejected\n{rejects}"));
+        assert!(line.contains(reason), "{label}: {line}");
+    }
+    // NaN in a date cell (row 3 of the .xlsx, column day) is no date either
+    let db = TestDb::new();
+    db.execute("CREATE TABLE fz (id bigint, name text, qty text, price double precision, phone bigint, active boolean, day date, moment text, note text)");
+    let path = fixture("crashers/date_serial_huge.xlsx");
+    let run = db.importer(&[
+        "run",
+        "--format",
+        "json",
+        "-t",
+        "fz",
+        path.to_str().expect("UTF-8 path"),
+    ]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert_eq!(run.json()["error_count"], 1, "{run:?}");
+    assert_eq!(
+        db.scalar("SELECT moment FROM fz WHERE id = 1").as_deref(),
+        Some(format!("-1{}", "0".repeat(300)).as_str()),
+        "a serial out of range goes into text as the number it is"
+    );
 }
 
 #[test]

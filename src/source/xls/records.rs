@@ -238,15 +238,30 @@ impl<'a> Cursor<'a> {
     pub(super) fn chars(
         &mut self,
         char_count: usize,
+        high_byte: bool,
+        text: &mut String,
+        units: &mut Vec<u16>,
+    ) -> anyhow::Result<()> {
+        self.chars_within(char_count, high_byte, text, units, false)
+    }
+
+    /// As [`Cursor::chars`]; when `cut_short_is_read`, a record that ends before
+    /// `char_count` characters gives the characters it holds instead of an error.
+    fn chars_within(
+        &mut self,
+        char_count: usize,
         mut high_byte: bool,
         text: &mut String,
         units: &mut Vec<u16>,
+        cut_short_is_read: bool,
     ) -> anyhow::Result<()> {
         units.clear();
         let mut remaining = char_count;
         while remaining > 0 {
-            // characters that go on in a continuation start it with a fresh flag byte
-            if self.is_at_boundary() {
+            // characters that go on in a continuation start it with a fresh flag byte; a
+            // continuation may hold nothing but that byte (Excel writes such), so the next
+            // one starts with its own
+            while self.is_at_boundary() {
                 high_byte = self.u8()? & 1 != 0;
             }
             let available = self.segment_end().saturating_sub(self.offset);
@@ -254,6 +269,9 @@ impl<'a> Cursor<'a> {
             let count = remaining.min(available / width);
             if count == 0 {
                 if self.offset >= self.body.len() {
+                    if cut_short_is_read {
+                        break;
+                    }
                     bail!("the record ends inside a string");
                 }
                 bail!("a string is cut inside a character");
@@ -282,9 +300,35 @@ impl<'a> Cursor<'a> {
         text: &mut String,
         units: &mut Vec<u16>,
     ) -> anyhow::Result<()> {
+        self.counted_string(text, units, false)
+    }
+
+    /// An `XLUnicodeString` whose characters may be cut short by the end of the record:
+    /// what the record holds is read. Only for a FORMAT's code, where writers that count
+    /// one character too many exist and the code only decides whether a number is a date
+    /// (calamine and xlrd read it so too); a cell's text cut short stays an error.
+    pub(super) fn unicode_string_as_held(
+        &mut self,
+        text: &mut String,
+        units: &mut Vec<u16>,
+    ) -> anyhow::Result<()> {
+        self.counted_string(text, units, true)
+    }
+
+    /// An `XLUnicodeString`. An empty one may end the record before its flags byte (some
+    /// writers leave it out; calamine and Excel read it as empty).
+    fn counted_string(
+        &mut self,
+        text: &mut String,
+        units: &mut Vec<u16>,
+        cut_short_is_read: bool,
+    ) -> anyhow::Result<()> {
         let char_count = usize::from(self.u16()?);
+        if char_count == 0 && self.is_at_end() {
+            return Ok(());
+        }
         let flags = self.u8()?;
-        self.chars(char_count, flags & 1 != 0, text, units)
+        self.chars_within(char_count, flags & 1 != 0, text, units, cut_short_is_read)
     }
 
     /// A `ShortXLUnicodeString` (8-bit count, flags, characters).
@@ -366,10 +410,48 @@ mod tests {
     }
 
     #[test]
-    fn a_string_longer_than_its_record_is_an_error() {
+    fn a_string_longer_than_its_record_is_an_error_unless_read_as_held() {
         let body = [9, 0, 0, b'a'];
         let mut cursor = Cursor::new(&record(&body, &[]), 0);
         let (mut text, mut units) = (String::new(), Vec::new());
+        assert!(cursor.unicode_string(&mut text, &mut units).is_err());
+        let mut cursor = Cursor::new(&record(&body, &[]), 0);
+        cursor
+            .unicode_string_as_held(&mut text, &mut units)
+            .unwrap();
+        assert_eq!(text, "a");
+        // a cut inside a UTF-16 character is still an error
+        let body = [2, 0, 1, b'a', 0, b'b'];
+        let mut cursor = Cursor::new(&record(&body, &[]), 0);
+        assert!(
+            cursor
+                .unicode_string_as_held(&mut text, &mut units)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_continue_holding_only_a_flag_byte_hands_on_to_the_next() {
+        // "ab" compressed, then a CONTINUE of one flag byte, then one whose flag says UTF-16
+        let body = [4, 0, 0, b'a', b'b', 1, 1, b'c', 0, b'd', 0];
+        let boundaries = [5, 6];
+        let mut cursor = Cursor::new(&record(&body, &boundaries), 0);
+        let (mut text, mut units) = (String::new(), Vec::new());
+        cursor.unicode_string(&mut text, &mut units).unwrap();
+        assert_eq!(text, "abcd");
+        assert!(cursor.is_at_end());
+    }
+
+    #[test]
+    fn an_empty_string_may_end_the_record_without_its_flags_byte() {
+        let body = [0, 0];
+        let mut cursor = Cursor::new(&record(&body, &[]), 0);
+        let (mut text, mut units) = (String::new(), Vec::new());
+        cursor.unicode_string(&mut text, &mut units).unwrap();
+        assert_eq!(text, "");
+        // with characters to come, the flags byte is needed
+        let body = [1, 0];
+        let mut cursor = Cursor::new(&record(&body, &[]), 0);
         assert!(cursor.unicode_string(&mut text, &mut units).is_err());
     }
 }

@@ -24,6 +24,7 @@ use super::scan::{
 use super::strings::{Entry, SharedStrings, Table};
 use super::styles::CellFormat;
 use super::{MAX_CELL_TEXT_BYTES, MAX_ELEMENT_XML_BYTES, MAX_ROW_TEXT_BYTES};
+use crate::message::{quoted_value, shown_value};
 
 /// Cells gathered before they are resolved and handed on, even inside one `<row>`.
 const MAX_PENDING_CELLS: usize = 4096;
@@ -682,7 +683,7 @@ fn decode_cell(
                 find_end_tag(&body[start..], tag.qname(&body[index..])).with_context(|| {
                     format!(
                         "malformed XML: <{}> is not closed",
-                        String::from_utf8_lossy(local)
+                        shown_value(&String::from_utf8_lossy(local))
                     )
                 })?;
             Ok((&body[start..start + end.start], start + end.after))
@@ -716,7 +717,7 @@ fn decode_cell(
             (TagKind::Start | TagKind::Empty, name) => {
                 bail!(
                     "unexpected <{}> in a cell (expected v, f or is)",
-                    String::from_utf8_lossy(name)
+                    shown_value(&String::from_utf8_lossy(name))
                 )
             }
             _ => {}
@@ -784,9 +785,12 @@ fn decode_value(
                 return Ok(Pending::Ready(Data::Empty));
             }
             // calamine reads an unparsable index as 0; a wrong string is worse than an error
-            let index = trimmed
-                .parse::<u32>()
-                .with_context(|| format!("shared string index {trimmed:?} is not a number"))?;
+            let index = trimmed.parse::<u32>().with_context(|| {
+                format!(
+                    "shared string index {} is not a number",
+                    quoted_value(trimmed)
+                )
+            })?;
             Pending::Shared(index)
         }
         Some(CellKind::Boolean) => {
@@ -798,7 +802,7 @@ fn decode_value(
             } else if trimmed == "1" || trimmed.eq_ignore_ascii_case("true") {
                 Pending::Ready(Data::Bool(true))
             } else {
-                bail!("boolean cell holds {value:?}")
+                bail!("boolean cell holds {}", quoted_value(value))
             }
         }
         Some(CellKind::IsoDate) => Pending::Ready(Data::DateTimeIso(owned_text(value.as_bytes())?)),
@@ -817,10 +821,10 @@ fn decode_value(
                 Err(_) if kind.is_none() => {
                     Pending::Ready(Data::String(owned_text(value.as_bytes())?))
                 }
-                Err(_) => bail!("numeric cell holds {value:?}"),
+                Err(_) => bail!("numeric cell holds {}", quoted_value(value)),
             }
         }
-        Some(CellKind::Unknown(other)) => bail!("unknown cell type t={other:?}"),
+        Some(CellKind::Unknown(other)) => bail!("unknown cell type t={}", quoted_value(other)),
     })
 }
 
@@ -843,7 +847,7 @@ fn parse_error(value: &str) -> anyhow::Result<CellErrorType> {
         "#NUM!" => CellErrorType::Num,
         "#REF!" => CellErrorType::Ref,
         "#VALUE!" => CellErrorType::Value,
-        other => bail!("unknown error value {other:?}"),
+        other => bail!("unknown error value {}", quoted_value(other)),
     })
 }
 
@@ -869,14 +873,17 @@ pub(super) fn parse_reference(reference: &[u8]) -> anyhow::Result<(u32, Option<u
                     .saturating_add(u32::from(byte - b'0'));
             }
             _ => bail!(
-                "{:?} is not a cell reference",
-                String::from_utf8_lossy(reference)
+                "{} is not a cell reference",
+                quoted_value(&String::from_utf8_lossy(reference))
             ),
         }
     }
-    let row = row
-        .checked_sub(1)
-        .with_context(|| format!("{:?} has no row number", String::from_utf8_lossy(reference)))?;
+    let row = row.checked_sub(1).with_context(|| {
+        format!(
+            "{} has no row number",
+            quoted_value(&String::from_utf8_lossy(reference))
+        )
+    })?;
     Ok((row, column.checked_sub(1)))
 }
 
