@@ -159,7 +159,6 @@ impl RunRecord {
         let (lock_key, lock_pid) = (lock.key(), lock.backend_pid().await?);
         self.lock = Some(lock);
         ledger::create_ledger(&prepared.pool, &ledger).await?;
-        chunks::create_chunk_ledger(&prepared.pool, &ledger).await?;
         bury_dead_runs(&prepared.pool, &ledger, &table).await?;
         let start = RunStart {
             file: &file,

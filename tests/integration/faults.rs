@@ -619,7 +619,6 @@ fn a_staged_run_that_lost_its_lock_never_publishes() {
             .unwrap();
         let ledger = ledger::Ledger::new(importer::cli::DEFAULT_LEDGER_SCHEMA);
         ledger::create_ledger(&pool, &ledger).await.unwrap();
-        chunks::create_chunk_ledger(&pool, &ledger).await.unwrap();
         // the run took the table's lock with token 1; another run took it since (token 2)
         let run_id: i64 = sqlx::query_scalar(
             "INSERT INTO importer.runs (file_path, file_size, sha256, sheet, table_schema, table_name,
