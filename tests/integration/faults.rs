@@ -592,19 +592,6 @@ fn a_run_killed_mid_load_is_resumed_by_skip_unchanged_so_every_row_is_in_once() 
 }
 
 #[test]
-fn resume_refuses_a_staged_mode() {
-    let db = TestDb::new();
-    let dir = TempDir::new();
-    let file = dir.path("t.csv");
-    std::fs::write(&file, "id\n1\n").unwrap();
-    let run = db.importer(&["run", "--resume", "--atomic", file.to_str().unwrap()]);
-    assert!(
-        fatal_error_line(&run).contains("--resume cannot be combined with --atomic"),
-        "{run:?}"
-    );
-}
-
-#[test]
 fn a_staged_run_that_lost_its_lock_never_publishes() {
     use importer::sink::{TableName, chunks, ledger, load_table, staging};
     let db = TestDb::new();
