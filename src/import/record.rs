@@ -6,7 +6,9 @@
 //! table's name is known and before anything is written: it takes the lock, marks earlier
 //! runs whose process is gone as `died` (dropping their staging tables), and either records
 //! a skipped run or inserts the run as `running` (or, stopped by a signal while it waited for
-//! the lock, as `cancelled`). [`RunRecord::keep_stats`] records the outcome and stats just
+//! the lock, as `cancelled`), warns when an append loads content a finished run already
+//! loaded, and finds what earlier unfinished runs of the same content left in the table, so
+//! that the run resumes after it (by default in append mode; see [`Resume`]). [`RunRecord::keep_stats`] records the outcome and stats just
 //! before the stats are printed (a process killed after printing them leaves no `running`
 //! row), and [`RunRecord::finish`] with whatever the import returned, so that every ending
 //! after the start (success, rejected rows, an error, --max-errors, a signal) reaches the

@@ -199,7 +199,10 @@ pub async fn check_fence(
 /// `lock_pid` with advisory key `lock_key`: takes the table's fence key exclusive (waiting
 /// for writes of an earlier holder still in flight), bumps the table's token and keeps it,
 /// with the lock backend, in the run's row. Called after the advisory lock is taken and
-/// before anything is written; returns what the run's writers check.
+/// before anything is written; returns what the run's writers check. Its transaction locks
+/// `table_locks`, then `runs`, the order in which a ledger upgrade locks them (see
+/// `ledger::create_ledger`), and no set-up runs DDL beside it once the ledger is current, so
+/// it never deadlocks with one.
 pub async fn take_fence(
     pool: &PgPool,
     ledger: &Ledger,
