@@ -873,5 +873,8 @@ fn readme_layout_names_every_file_of_src() {
             })
         })
         .collect();
-    assert!(missing.is_empty(), "README's Layout does not name {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "README's Layout does not name {missing:?}"
+    );
 }
