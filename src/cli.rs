@@ -259,8 +259,10 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
 
-    /// Read, map and convert every row, write the rejects file and the stats, but write
-    /// nothing to the database (a missing table is not created: its inferred types are logged)
+    /// Read, map and convert every row and print the stats (and write --rejects), but write
+    /// nothing to the database: no rows, no run ledger, no lock. A missing table is not
+    /// created: the CREATE TABLE a real run would execute comes with the stats (above the
+    /// text table; in the JSON, "create_table")
     #[arg(long)]
     pub dry_run: bool,
 
@@ -286,9 +288,15 @@ pub struct RunArgs {
     pub skip_unchanged: bool,
 
     /// Continue after the rows that earlier failed, cancelled or dead runs of the same
-    /// content put in the table, so each row is in once (implied by --skip-unchanged)
-    #[arg(long)]
+    /// content put in the table, so each row is in once: the default in append mode; given,
+    /// also in upsert mode (implied by --skip-unchanged)
+    #[arg(long, conflicts_with_all = ["dry_run", "no_ledger"])]
     pub resume: bool,
+
+    /// Load every row, also those an earlier failed, cancelled or dead run of the same
+    /// content already put in the table
+    #[arg(long, conflicts_with_all = ["resume", "skip_unchanged"])]
+    pub no_resume: bool,
 
     /// Wait up to SECONDS for another run on the same table to finish (default: fail at once)
     #[arg(long, value_name = "SECONDS", conflicts_with = "dry_run")]
@@ -331,6 +339,12 @@ impl RunArgs {
                     "--key is only used with --mode upsert, not with --mode {}",
                     import::Mode::from(self.mode).name()
                 ),
+            ));
+        }
+        if self.resume && (self.atomic || self.mode == Mode::Replace) {
+            return Err(run_usage_error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--resume cannot be combined with --atomic or --mode replace: those runs leave no rows behind to resume from".to_string(),
             ));
         }
         if let (Some(summary), Some(rejects)) = (&self.summary, &self.rejects)

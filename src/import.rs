@@ -33,7 +33,7 @@ pub use self::control::{ImportControl, ProgressSink, RowsSoFar};
 use self::load::run_job;
 pub use self::mode::Mode;
 use self::mode::WritePlan;
-pub use self::options::ImportOptions;
+pub use self::options::{ImportOptions, Resume};
 use self::prepare::{build_job, create_table, infer_types_until_dropped, prepare};
 use self::record::RunRecord;
 use self::report::Failing;
@@ -321,7 +321,13 @@ async fn import(
         .failing_as(FailureKind::Input);
     }
     let outcome = if cancelled {
-        warn!(signal = control.cause(), "import interrupted; {written}");
+        let rerun = record
+            .rerun_note(stats.success_count)
+            .map_or_else(String::new, |note| format!("; {note}"));
+        warn!(
+            signal = control.cause(),
+            "import interrupted; {written}{rerun}"
+        );
         ImportOutcome::Cancelled
     } else if stats.error_count > 0 {
         ImportOutcome::SomeRejected

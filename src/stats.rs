@@ -57,6 +57,10 @@ pub struct ImportStats {
     /// A dry run into a missing table: the CREATE TABLE statement a real run would execute.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub create_table: Option<String>,
+    /// `--mode upsert`: `success_count` counts rows inserted or updated, so the text table
+    /// says "Written". Never in the JSON, which is the contract's.
+    #[serde(skip)]
+    pub upsert: bool,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -71,6 +75,8 @@ pub struct RunShape {
     pub table: String,
     pub workers: usize,
     pub batch_size: usize,
+    /// Whether the run upserts (its rows are inserted or updated).
+    pub upsert: bool,
 }
 
 impl ImportStats {
@@ -110,6 +116,7 @@ impl ImportStats {
             batch_size: shape.batch_size,
             dry_run: false,
             create_table: None,
+            upsert: shape.upsert,
         })
     }
 
@@ -126,19 +133,14 @@ impl ImportStats {
     /// The human table of `--format text`; a dry run says what it would have done, with the
     /// CREATE TABLE statement above the table.
     pub fn render_text(&self) -> String {
-        let inserted = if self.dry_run {
-            "Would insert"
-        } else {
-            "Inserted"
+        // contract: append's table says "Inserted"; upsert's rows may be updates
+        let written = match (self.dry_run, self.upsert) {
+            (false, false) => "Inserted",
+            (false, true) => "Written",
+            (true, false) => "Would insert",
+            (true, true) => "Would write",
         };
-        let header = [
-            "Method",
-            "Rows",
-            inserted,
-            "Rejected",
-            "Time",
-            "Records/sec",
-        ];
+        let header = ["Method", "Rows", written, "Rejected", "Time", "Records/sec"];
         let row = [
             self.method.clone(),
             self.total_records.to_string(),
@@ -221,6 +223,7 @@ mod tests {
             table: "businesses".into(),
             workers: 2,
             batch_size: 1000,
+            upsert: false,
         };
         let tally = Tally {
             rows_read: 10_000,
@@ -243,6 +246,7 @@ mod tests {
             table: "t".into(),
             workers: 1,
             batch_size: 1,
+            upsert: false,
         };
         let lost = Tally {
             rows_read: 3,
@@ -262,6 +266,7 @@ mod tests {
             table: "t".into(),
             workers: 1,
             batch_size: 10,
+            upsert: false,
         };
         let tally = Tally {
             rows_read: 1,
@@ -282,5 +287,37 @@ mod tests {
         assert!(text.contains("Would insert"), "{text}");
         assert!(text.starts_with("-- dry run"), "{text}");
         assert!(text.contains("CREATE TABLE \"t\" (\"a\" text);"), "{text}");
+    }
+
+    #[test]
+    fn upsert_stats_say_written_in_text_and_nothing_more_in_json() {
+        let shape = RunShape {
+            method: Method::Copy,
+            file: "f.csv".into(),
+            table: "t".into(),
+            workers: 1,
+            batch_size: 10,
+            upsert: true,
+        };
+        let tally = Tally {
+            rows_read: 2,
+            success_count: 2,
+            error_count: 0,
+        };
+        let upsert = ImportStats::new(&shape, tally, Duration::ZERO, true).unwrap();
+        let header = upsert.render_text().lines().next().unwrap().to_string();
+        assert!(
+            header.contains("| Written |") && !header.contains("Inserted"),
+            "{header}"
+        );
+        assert!(
+            upsert
+                .clone()
+                .into_dry_run(None)
+                .render_text()
+                .contains("| Would write |")
+        );
+        let json = serde_json::to_value(&upsert).unwrap();
+        assert!(json.get("upsert").is_none(), "{json}");
     }
 }

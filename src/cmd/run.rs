@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{Outcome, Signal, SignalListener, until_signal};
 use crate::cli::{ImportArgs, RunArgs};
-use crate::import::{self, ImportControl, ImportOptions, ImportOutcome};
+use crate::import::{self, ImportControl, ImportOptions, ImportOutcome, Resume};
 use crate::source::CsvOptions;
 use crate::stats::print_report;
 
@@ -59,7 +59,11 @@ pub fn options(args: &RunArgs) -> ImportOptions {
         rejects: args.rejects.clone(),
         dry_run: args.dry_run,
         skip_unchanged: args.skip_unchanged,
-        resume: args.resume,
+        resume: match (args.resume, args.no_resume) {
+            (true, _) => Resume::Always,
+            (false, true) => Resume::Never,
+            (false, false) => Resume::Auto,
+        },
         wait_lock: args.wait_lock.map(Duration::from_secs),
         swap_timeout: Duration::from_secs(args.swap_timeout),
         summary: args.summary.clone(),

@@ -10,6 +10,22 @@ use crate::sink::ledger::DEFAULT_LEDGER_SCHEMA;
 use crate::source::{CsvOptions, XlsReader, XlsxReader, input_name, is_stdin};
 use crate::strategy::Method;
 
+/// Whether a run continues after the rows that earlier runs of the same content (same
+/// SHA-256 and sheet) into the same table left there when they failed, were cancelled or
+/// died, so that a plain re-run puts each row in once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// The default: resume in append mode straight into the table, where loading those rows
+    /// again would double them. Upsert and the staged modes (`--atomic`, replace) load every
+    /// row.
+    Auto,
+    /// `--resume`: resume in append or upsert mode; with a staged mode, which leaves no rows
+    /// behind to resume after, a usage error.
+    Always,
+    /// `--no-resume`: load every row again.
+    Never,
+}
+
 /// Everything one import needs to know, as plain data.
 #[derive(Clone)]
 pub struct ImportOptions {
@@ -45,8 +61,9 @@ pub struct ImportOptions {
     pub create_table: bool,
     /// Skip the import when this content was already loaded into the table.
     pub skip_unchanged: bool,
-    /// Continue after the rows earlier unfinished runs of the same content committed.
-    pub resume: bool,
+    /// Whether to continue after the rows earlier unfinished runs of the same content left
+    /// in the table.
+    pub resume: Resume,
     /// Wait this long for another run on the same table; `None` fails at once.
     pub wait_lock: Option<Duration>,
     /// replace: how long the swap keeps trying for the table's lock.
@@ -90,7 +107,7 @@ impl ImportOptions {
             dry_run: false,
             create_table: true,
             skip_unchanged: false,
-            resume: false,
+            resume: Resume::Auto,
             wait_lock: None,
             swap_timeout: Duration::from_secs(60),
             summary: None,

@@ -14,6 +14,7 @@ use tracing::info;
 use super::options::ImportOptions;
 use super::report::{Failing, FailureKind};
 use crate::job::ImportJob;
+use crate::message::shown;
 use crate::progress::{self, RowCounter};
 use crate::rejects::RejectLog;
 use crate::schema::{InferredType, TypeInference, default_table_name, fold_header_row, map_header};
@@ -62,6 +63,9 @@ pub async fn prepare(options: &ImportOptions) -> anyhow::Result<Prepared> {
         xlsx_reader: options.xlsx_reader,
         xls_reader: options.xls_reader,
     };
+    check_not_empty(&source.path, options)
+        .await
+        .failing_as(FailureKind::Input)?;
     let header = blocking({
         let source = source.clone();
         move || read_header(&source)
@@ -98,6 +102,19 @@ pub async fn prepare(options: &ImportOptions) -> anyhow::Result<Prepared> {
     let existing = sink::load_table(&pool, &table_name)
         .await
         .failing_as(FailureKind::Database)?;
+    if existing.is_none()
+        && let Some(schema) = &table_name.schema
+        && !sink::schema_exists(&pool, schema)
+            .await
+            .failing_as(FailureKind::Database)?
+    {
+        // before the run lock and the ledger, and before a long type inference
+        return Err(anyhow::anyhow!(
+            "schema {schema:?} of table {table_name} does not exist; create it first with `CREATE SCHEMA {}`, or name an existing schema in --table",
+            sink::quote_ident(schema)
+        ))
+        .failing_as(FailureKind::Input);
+    }
     if existing.is_none() && options.create_table {
         // before the run lock and the ledger: a name PostgreSQL would cut fails cleanly
         sink::check_column_names(&folded_names).failing_as(FailureKind::Input)?;
@@ -112,6 +129,23 @@ pub async fn prepare(options: &ImportOptions) -> anyhow::Result<Prepared> {
         workers,
         stdin,
     })
+}
+
+/// Refuses a file of 0 bytes with a line that says so (each reader would otherwise call it
+/// corrupt, or headerless). `path` is what is read: for standard input, its spooled copy.
+/// A path that cannot be looked up, or is no regular file (a pipe), is left to the reader.
+async fn check_not_empty(path: &std::path::Path, options: &ImportOptions) -> anyhow::Result<()> {
+    let Ok(metadata) = tokio::fs::metadata(path).await else {
+        return Ok(());
+    };
+    if metadata.is_file() && metadata.len() == 0 {
+        let what = match is_stdin(&options.file) {
+            true => "standard input".to_string(),
+            false => shown(&options.shown_file()).to_string(),
+        };
+        anyhow::bail!("{what} is empty (0 bytes): there is nothing to import");
+    }
+    Ok(())
 }
 
 /// The reader's options: as given, CSV forced for standard input and `.csv` names, and
@@ -287,6 +321,7 @@ impl RunShape {
                 .unwrap_or_else(|| default_table_name(&options.named_after())),
             workers,
             batch_size,
+            upsert: options.mode == super::mode::Mode::Upsert,
         }
     }
 
@@ -303,6 +338,8 @@ impl RunShape {
             table: table.to_string(),
             workers: job.workers,
             batch_size,
+            // upsert, straight or staged, maps its key columns
+            upsert: !job.key_positions.is_empty(),
         }
     }
 }

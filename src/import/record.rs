@@ -6,7 +6,9 @@
 //! table's name is known and before anything is written: it takes the lock, marks earlier
 //! runs whose process is gone as `died` (dropping their staging tables), and either records
 //! a skipped run or inserts the run as `running` (or, stopped by a signal while it waited for
-//! the lock, as `cancelled`). [`RunRecord::keep_stats`] records the outcome and stats just
+//! the lock, as `cancelled`), warns when an append loads content a finished run already
+//! loaded, and finds what earlier unfinished runs of the same content left in the table, so
+//! that the run resumes after it (by default in append mode; see [`Resume`]). [`RunRecord::keep_stats`] records the outcome and stats just
 //! before the stats are printed (a process killed after printing them leaves no `running`
 //! row), and [`RunRecord::finish`] with whatever the import returned, so that every ending
 //! after the start (success, rejected rows, an error, --max-errors, a signal) reaches the
@@ -28,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use super::control::ImportControl;
 use super::mode::{Mode, WritePlan};
-use super::options::ImportOptions;
+use super::options::{ImportOptions, Resume};
 use super::prepare::Prepared;
 use super::report::{Failing, FailureKind, ImportOutcome, SkippedRun};
 use crate::job::ImportJob;
@@ -57,6 +59,74 @@ pub struct RunRecord {
     already_in: Option<Arc<CommittedRows>>,
     /// `skip_unchanged` found the content loaded before.
     skipped: Option<SkippedRun>,
+    /// What a re-run of the same command does with the rows this run leaves in the table.
+    rerun: Rerun,
+}
+
+/// What a re-run of the same command does with the rows an unfinished run left in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rerun {
+    /// Nothing is left behind: a dry run, or a staged run whose rows are discarded.
+    NothingLeft,
+    /// It resumes after them.
+    Resumes,
+    /// It writes every row again; the hint says how to resume instead (or why it cannot).
+    WritesAgain(&'static str),
+}
+
+impl Rerun {
+    /// What a re-run of `options` does.
+    fn of(options: &ImportOptions) -> Self {
+        if options.dry_run || options.mode == Mode::Replace || options.atomic {
+            Rerun::NothingLeft
+        } else if options.ledger_schema.is_none() {
+            Rerun::WritesAgain("--no-ledger keeps no record to resume from")
+        } else if resumes(options) {
+            Rerun::Resumes
+        } else if options.resume == Resume::Never {
+            Rerun::WritesAgain("without --no-resume it resumes after them")
+        } else {
+            Rerun::WritesAgain("with --resume it resumes after them")
+        }
+    }
+}
+
+/// Whether a run of `options` resumes after what earlier unfinished runs of its content left
+/// in the table: by default in append mode, with `--resume` (or `--skip-unchanged`) in
+/// upsert mode too; never in a staged mode.
+fn resumes(options: &ImportOptions) -> bool {
+    let staged = options.mode == Mode::Replace || options.atomic;
+    let asked = match options.resume {
+        Resume::Auto => options.mode == Mode::Append,
+        Resume::Always => true,
+        Resume::Never => false,
+    };
+    !staged && (asked || options.skip_unchanged)
+}
+
+/// Refuses resume settings that cannot work with the other options (the CLI refuses them
+/// as usage errors before this; a library caller gets a [`FailureKind::Usage`] failure).
+fn check_resume(options: &ImportOptions) -> anyhow::Result<()> {
+    let staged = options.mode == Mode::Replace || options.atomic;
+    let refusal = match options.resume {
+        Resume::Always if staged => Some(
+            "--resume cannot be combined with --atomic or --mode replace: those runs leave no rows behind to resume from",
+        ),
+        Resume::Always if options.dry_run => {
+            Some("--resume cannot be combined with --dry-run, which writes nothing")
+        }
+        Resume::Always if options.ledger_schema.is_none() => Some(
+            "--resume cannot be combined with --no-ledger: what earlier runs committed is read from the run ledger",
+        ),
+        Resume::Never if options.skip_unchanged => Some(
+            "--no-resume cannot be combined with --skip-unchanged, which resumes content an earlier run loaded in part",
+        ),
+        Resume::Auto | Resume::Always | Resume::Never => None,
+    };
+    match refusal {
+        Some(refusal) => Err(anyhow::anyhow!(refusal)).failing_as(FailureKind::Usage),
+        None => Ok(()),
+    }
 }
 
 impl RunRecord {
@@ -76,6 +146,7 @@ impl RunRecord {
             rows_outcome: None,
             already_in: None,
             skipped: None,
+            rerun: Rerun::of(options),
         }
     }
 
@@ -90,15 +161,9 @@ impl RunRecord {
         prepared: &Prepared,
         control: &ImportControl,
     ) -> anyhow::Result<Option<ImportOutcome>> {
+        check_resume(options)?;
         if options.dry_run {
             return Ok(None);
-        }
-        let staged = options.mode == Mode::Replace || options.atomic;
-        if options.resume && staged {
-            return Err(anyhow::anyhow!(
-                "--resume cannot be combined with --atomic or --mode replace: those runs leave no rows behind to resume from"
-            ))
-            .failing_as(FailureKind::Usage);
         }
         let Some(ledger) = self.ledger.clone() else {
             // --no-ledger: the lock still keeps two runs off the same table
@@ -159,7 +224,6 @@ impl RunRecord {
         let (lock_key, lock_pid) = (lock.key(), lock.backend_pid().await?);
         self.lock = Some(lock);
         ledger::create_ledger(&prepared.pool, &ledger).await?;
-        chunks::create_chunk_ledger(&prepared.pool, &ledger).await?;
         bury_dead_runs(&prepared.pool, &ledger, &table).await?;
         let start = RunStart {
             file: &file,
@@ -168,11 +232,12 @@ impl RunRecord {
             method: options.method.name(),
             mode: options.mode.name(),
         };
-        let previous = match options.skip_unchanged {
+        // append loads a content already in once more: worth a warning; other modes rewrite
+        let previous = match options.skip_unchanged || options.mode == Mode::Append {
             true => ledger::previous_load(&prepared.pool, &ledger, &table, &file.sha256).await?,
             false => None,
         };
-        if let Some(previous) = previous {
+        if let Some(previous) = previous.as_ref().filter(|_| options.skip_unchanged) {
             let run_id = ledger::insert_run(
                 &prepared.pool,
                 &ledger,
@@ -207,14 +272,27 @@ impl RunRecord {
         let fence =
             chunks::take_fence(&prepared.pool, &ledger, run_id, &table, lock_key, lock_pid).await?;
         self.fence = Some(fence);
-        if (options.resume || options.skip_unchanged) && !staged {
+        if let Some(previous) = &previous {
+            warn!(
+                table = %table,
+                previous_run_id = previous.run_id,
+                "this content was already loaded into table {table} by run {} at {}; loading it again (--skip-unchanged skips it)",
+                previous.run_id,
+                previous.finished_at
+            );
+        }
+        if resumes(options) {
+            let hint = match options.resume == Resume::Auto && !options.skip_unchanged {
+                true => "; --no-resume loads every row again",
+                false => "",
+            };
             self.resume(
                 &prepared.pool,
                 &ledger,
                 run_id,
                 &table,
-                &file.sha256,
-                &prepared.header.sheet_name,
+                (&file.sha256, &prepared.header.sheet_name),
+                hint,
             )
             .await?;
         }
@@ -239,31 +317,57 @@ impl RunRecord {
         job.already_in = self.already_in.clone();
     }
 
-    /// Resumes run `run_id` after what earlier unfinished runs of the same content put in
-    /// `table` (see `sink::chunks::committed_rows`), if they put anything.
+    /// Resumes run `run_id` after what earlier unfinished runs of the same content (SHA-256
+    /// and sheet) put in `table` (see `sink::chunks::committed_rows`), if they put anything,
+    /// saying so in one line that ends in `hint`.
     async fn resume(
         &mut self,
         pool: &PgPool,
         ledger: &Ledger,
         run_id: i64,
         table: &TableName,
-        sha256: &str,
-        sheet: &str,
+        (sha256, sheet): (&str, &str),
+        hint: &str,
     ) -> anyhow::Result<()> {
         let done = chunks::committed_rows(pool, ledger, table, sha256, sheet).await?;
         let Some(&resumed_run_id) = done.run_ids().last() else {
             return Ok(());
         };
         chunks::record_resumed(pool, ledger, run_id, resumed_run_id).await?;
-        let run_ids: Vec<String> = done.run_ids().iter().map(i64::to_string).collect();
+        let from_runs = match done.run_ids() {
+            [_] => String::new(),
+            run_ids => {
+                let run_ids: Vec<String> = run_ids.iter().map(i64::to_string).collect();
+                format!(" (from runs {})", run_ids.join(", "))
+            }
+        };
         info!(
             table = %table,
+            previous_run_id = resumed_run_id,
             row_count = done.row_count(),
-            runs = %run_ids.join(", "),
-            "resuming: rows that earlier runs of this content committed are skipped"
+            "resuming run {resumed_run_id}: {} rows of this content are already in table {table}{from_runs} and are skipped{hint}",
+            done.row_count()
         );
         self.already_in = Some(Arc::new(done));
         Ok(())
+    }
+
+    /// What a re-run of the same command does with the rows this run (`success_count` of
+    /// them) and the runs it resumed left in the table, for the warning of an interrupted
+    /// run; `None` when nothing is left behind.
+    pub fn rerun_note(&self, success_count: u64) -> Option<String> {
+        let already_in = self.already_in.as_ref().map_or(0, |rows| rows.row_count());
+        let rows_in = success_count + already_in;
+        match self.rerun {
+            _ if rows_in == 0 => None,
+            Rerun::NothingLeft => None,
+            Rerun::Resumes => Some(format!(
+                "a re-run of the same command resumes after the {rows_in} rows of this content already in the table"
+            )),
+            Rerun::WritesAgain(hint) => Some(format!(
+                "a re-run of the same command writes all its rows again ({hint})"
+            )),
+        }
     }
 
     /// Gives up recording this run: the server could not be reached again after the
@@ -467,10 +571,32 @@ async fn bury_dead_runs(pool: &PgPool, ledger: &Ledger, table: &TableName) -> an
     Ok(())
 }
 
+/// Fails naming the directory `path` would be written in when that is missing or no
+/// directory, which the error of opening the file would not say.
+fn check_directory(path: &Path) -> anyhow::Result<()> {
+    let Some(directory) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    else {
+        return Ok(());
+    };
+    match std::fs::metadata(directory) {
+        Ok(metadata) if !metadata.is_dir() => bail!("{} is not a directory", directory.display()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => bail!(
+            "the directory {} does not exist; create it first (mkdir -p {})",
+            directory.display(),
+            directory.display()
+        ),
+        // other failures show when the file is opened
+        Ok(_) | Err(_) => Ok(()),
+    }
+}
+
 fn check_writable_file(path: &Path) -> anyhow::Result<()> {
     if path.is_dir() {
         bail!("it is a directory");
     }
+    check_directory(path)?;
     let existed = path.exists();
     std::fs::OpenOptions::new()
         .append(true)
@@ -487,6 +613,7 @@ fn check_summary_path(path: &Path) -> anyhow::Result<()> {
     if path.is_dir() {
         bail!("it is a directory");
     }
+    check_directory(path)?;
     let temporary = summary_temporary(path);
     std::fs::write(&temporary, b"")?;
     std::fs::remove_file(&temporary)?;

@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sqlx::{Connection, Executor, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tracing::warn;
 
 use super::TableName;
@@ -61,9 +61,11 @@ const POOL_ATTEMPT_TIME: Duration = Duration::from_secs(2);
 /// keeps the lock pid and start among its arguments, so that writers of every version call
 /// the same function.
 ///
-/// Run once per database version (see [`CHUNK_LEDGER_VERSION`]): the functions of earlier
-/// ledgers (the run read from `importer.runs`, the token read `FOR SHARE`, the lock backend
-/// looked up by pid) are replaced here.
+/// Run once per database version (see [`CHUNK_LEDGER_VERSION`]), by `ledger::create_ledger`
+/// under its set-up lock, with the ledger's tables locked in the order the runs' own
+/// transactions lock them: the functions of earlier ledgers (the run read from
+/// `importer.runs`, the token read `FOR SHARE`, the lock backend looked up by pid) are
+/// replaced here.
 const CREATE_CHUNK_LEDGER: &str = "
 ALTER TABLE importer.runs
     ADD COLUMN IF NOT EXISTS lock_token bigint,
@@ -197,7 +199,10 @@ pub async fn check_fence(
 /// `lock_pid` with advisory key `lock_key`: takes the table's fence key exclusive (waiting
 /// for writes of an earlier holder still in flight), bumps the table's token and keeps it,
 /// with the lock backend, in the run's row. Called after the advisory lock is taken and
-/// before anything is written; returns what the run's writers check.
+/// before anything is written; returns what the run's writers check. Its transaction locks
+/// `table_locks`, then `runs`, the order in which a ledger upgrade locks them (see
+/// `ledger::create_ledger`), and no set-up runs DDL beside it once the ledger is current, so
+/// it never deadlocks with one.
 pub async fn take_fence(
     pool: &PgPool,
     ledger: &Ledger,
@@ -552,39 +557,26 @@ impl ChunkMark {
     }
 }
 
-/// Creates the chunk ledger unless it exists, serialised with the run ledger's creation.
-pub async fn create_chunk_ledger(pool: &PgPool, ledger: &Ledger) -> anyhow::Result<()> {
-    let current: bool = sqlx::query_scalar(
+/// Whether the chunk ledger's objects are of this version (see [`CHUNK_LEDGER_VERSION`]):
+/// one catalog lookup, no lock. Its objects are created last in the ledger's set-up, in the
+/// same transaction as the rest, so this also tells whether the whole ledger is set up.
+pub(crate) async fn chunk_ledger_is_current<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    ledger: &Ledger,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
         "SELECT coalesce(obj_description(to_regprocedure($1), 'pg_proc') LIKE $2, false)",
     )
     .bind(ledger.qualify(RECORD_CHUNK_SIGNATURE))
     .bind(format!("importer chunk ledger {CHUNK_LEDGER_VERSION}:%"))
-    .fetch_one(pool)
+    .fetch_one(executor)
     .await
-    .with_context(|| format!("cannot look up the chunk ledger {CHUNKS_TABLE}"))?;
-    if current {
-        return Ok(());
-    }
-    let cannot_create = || {
-        format!(
-            "cannot create the chunk ledger {CHUNKS_TABLE}; a user with CREATE on the database can create it by running importer once"
-        )
-    };
-    let mut transaction = pool.begin().await.with_context(cannot_create)?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(ledger.creation_key())
-        .execute(&mut *transaction)
-        .await
-        .with_context(cannot_create)?;
-    let create_sql = ledger.qualify(&CREATE_CHUNK_LEDGER.replace("VERSION", CHUNK_LEDGER_VERSION));
-    // through `Executor`: `RawSql::execute` on a transaction leaves the import's future
-    // not provably `Send`, so a service could not spawn it
-    (&mut *transaction)
-        .execute(sqlx::raw_sql(&create_sql))
-        .await
-        .with_context(cannot_create)?;
-    transaction.commit().await.with_context(cannot_create)?;
-    Ok(())
+}
+
+/// The DDL that creates the chunk ledger or upgrades an earlier version of it, for
+/// `ledger::create_ledger`, which runs it after the runs table's, under the set-up lock.
+pub(crate) fn chunk_ledger_sql(ledger: &Ledger) -> String {
+    ledger.qualify(&CREATE_CHUNK_LEDGER.replace("VERSION", CHUNK_LEDGER_VERSION))
 }
 
 /// The rows the chunk ledger holds for `run_id`, made durable first: the sum is read and

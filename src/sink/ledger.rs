@@ -5,9 +5,11 @@
 //!
 //! A file is known by its bytes ([`fingerprint`]: SHA-256 and size), not by its name or
 //! mtime: cron jobs re-download the same export under the same name every night. The ledger is
-//! created on first use, under a transaction-scoped advisory lock because `CREATE ... IF NOT
-//! EXISTS` alone is not safe against a concurrent create. This module owns the ledger's SQL;
-//! `cmd::record` decides what to record, `cmd::history` how to show it.
+//! created on first use ([`create_ledger`]): every object of it, the chunk ledger's included,
+//! in one transaction under one advisory lock, because `CREATE ... IF NOT EXISTS` alone is
+//! not safe against a concurrent create, and DDL beside a run that uses the ledger could
+//! deadlock with it. This module owns the ledger's SQL;
+//! `import::record` decides what to record, `cmd::history` how to show it.
 
 use std::io::Read;
 use std::path::Path;
@@ -18,6 +20,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{Executor, PgPool, Row};
 use tracing::info;
 
+use super::chunks;
 use super::lock::advisory_key;
 use super::{TableName, quote_ident};
 use crate::stats::ImportStats;
@@ -224,11 +227,28 @@ pub async fn ledger_exists(pool: &PgPool, ledger: &Ledger) -> anyhow::Result<boo
     Ok(exists)
 }
 
-/// Creates the ledger unless it exists. Two first runs at once are safe: creation is
-/// serialised by a transaction-scoped advisory lock, and the second finds the table.
+/// The ledger's tables in the order in which the run's own transactions lock them: a write
+/// records its chunk, then reads the token (and on a lost fence reads `runs`); taking the
+/// fence bumps the token, then updates `runs`; a resume reads the chunks, then `runs`. An
+/// upgrade locks every one that exists, in this order, before it alters any: it then waits
+/// for those transactions without ever holding a lock one of them waits for while it waits
+/// for one of theirs, so neither can deadlock. A new query that takes two of them must take
+/// them in this order too.
+const TABLES_IN_LOCK_ORDER: [&str; 3] =
+    ["importer.chunks", "importer.table_locks", "importer.runs"];
+
+/// Creates the ledger's objects, or upgrades those an earlier version created: the schema,
+/// `runs`, and the chunk ledger (`chunks`, `table_locks` and the functions the writers call,
+/// see `sink::chunks`). The whole set-up is one transaction under one advisory lock taken
+/// before any of it, and checks the version again once it holds the lock: of two first runs
+/// at once, the second waits for the first and then finds nothing to do, so no DDL ever
+/// runs beside a run that already uses the ledger. A ledger of this version costs one
+/// catalog lookup, and needs no CREATE privilege.
 pub async fn create_ledger(pool: &PgPool, ledger: &Ledger) -> anyhow::Result<()> {
-    // an existing ledger needs no CREATE privilege on the database
-    if ledger_exists(pool, ledger).await? {
+    let is_current = chunks::chunk_ledger_is_current(pool, ledger)
+        .await
+        .with_context(|| format!("cannot look up the run ledger {ledger}"))?;
+    if is_current {
         return Ok(());
     }
     let cannot_create = || {
@@ -237,12 +257,51 @@ pub async fn create_ledger(pool: &PgPool, ledger: &Ledger) -> anyhow::Result<()>
         )
     };
     let mut transaction = pool.begin().await.with_context(cannot_create)?;
+    // `IF NOT EXISTS` and `IF EXISTS` report each object they skip as a NOTICE: noise on
+    // the stderr of a run that did nothing wrong
+    sqlx::query("SET LOCAL client_min_messages TO warning")
+        .execute(&mut *transaction)
+        .await
+        .with_context(cannot_create)?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(ledger.creation_key())
         .execute(&mut *transaction)
         .await
         .with_context(cannot_create)?;
-    let create_sql = ledger.create_sql();
+    // set up by another run while this one waited for the lock
+    if chunks::chunk_ledger_is_current(&mut *transaction, ledger)
+        .await
+        .with_context(cannot_create)?
+    {
+        transaction.commit().await.with_context(cannot_create)?;
+        return Ok(());
+    }
+    let tables: Vec<String> = TABLES_IN_LOCK_ORDER
+        .iter()
+        .map(|table| ledger.qualify(table))
+        .collect();
+    let existing: Option<String> = sqlx::query_scalar(
+        "SELECT string_agg(relation::text, ', ' ORDER BY position)
+           FROM unnest($1::text[]) WITH ORDINALITY AS t(name, position),
+                LATERAL to_regclass(name) AS relation
+          WHERE relation IS NOT NULL",
+    )
+    .bind(&tables)
+    .fetch_one(&mut *transaction)
+    .await
+    .with_context(cannot_create)?;
+    if let Some(existing) = existing {
+        // the relations' own names, as the server quotes them
+        sqlx::query(&format!("LOCK TABLE {existing} IN ACCESS EXCLUSIVE MODE"))
+            .execute(&mut *transaction)
+            .await
+            .with_context(cannot_create)?;
+    }
+    let create_sql = format!(
+        "{}\n{}",
+        ledger.create_sql(),
+        chunks::chunk_ledger_sql(ledger)
+    );
     // through `Executor`: `RawSql::execute` on a transaction leaves the import's future
     // not provably `Send`, so a service could not spawn it
     (&mut *transaction)

@@ -5,7 +5,7 @@
 //! The key comes from the schema-qualified name ([`table_lock_key`]), so `-t orders` and
 //! `-t public.orders` take the same lock. It is a session lock: the run releases it at the end,
 //! and the server releases it by itself when the connection ends (a killed process leaves no
-//! lock behind). This module owns the SQL of the guard; `cmd::record` decides when to take it.
+//! lock behind). This module owns the SQL of the guard; `import::record` decides when to take it.
 
 use std::time::Duration;
 

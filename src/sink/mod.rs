@@ -242,7 +242,10 @@ async fn connect_first(
         let error = match result {
             Ok(connection) => return Ok(connection),
             Err(error) if is_transient(&error) => error,
-            Err(error) => return Err(connection_error(error, server)),
+            Err(error) => {
+                let error = connection_error(error, server);
+                return Err(for_server(format!("{error:#}"), server));
+            }
         };
         let now = Instant::now();
         if now >= deadline {
@@ -257,7 +260,7 @@ async fn connect_first(
                 )
             };
             let error = connection_error(error, server);
-            return Err(anyhow::anyhow!("{error:#}; {tried}"));
+            return Err(for_server(format!("{error:#}; {tried}"), server));
         }
         if attempt_count == 1 {
             announce_retrying(server, &error, connect_timeout);
@@ -308,12 +311,25 @@ fn is_tls_failure(io: &std::io::Error) -> bool {
     io.kind() == std::io::ErrorKind::InvalidData
 }
 
+/// What the error of a connection to the built-in default server adds: that it is the
+/// default, and how to name another.
+const DEFAULT_SERVER_HINT: &str = "no --database-url, DATABASE_URL or PG* variable (PGHOST, PGPORT, PGUSER, PGDATABASE, ...) is set, so this is the built-in default, the docker-compose.yml server: start it with `docker compose up -d --wait`, or point --database-url or DATABASE_URL (or the PG* variables) at your server";
+
+/// `message` about a connection to `server`, with what to do about the built-in default
+/// when it is the one tried.
+fn for_server(message: String, server: &Server) -> anyhow::Error {
+    match server.is_default {
+        true => anyhow::anyhow!("{message}; {DEFAULT_SERVER_HINT}"),
+        false => anyhow::anyhow!(message),
+    }
+}
+
 fn connection_error(error: sqlx::Error, server: &Server) -> anyhow::Error {
     const TLS_HINT: &str = "sslmode require, verify-ca and verify-full need a server with TLS, and verify-ca and verify-full a certificate the client trusts (sslrootcert=PATH)";
     match &error {
         sqlx::Error::Database(database) if database.code().as_deref() == Some("28P01") => {
             anyhow::anyhow!(
-                "cannot connect to PostgreSQL at {server}: password authentication failed; check the user and password in --database-url / DATABASE_URL"
+                "cannot connect to PostgreSQL at {server}: password authentication failed; check the password: it is taken from --database-url / DATABASE_URL, else PGPASSWORD, else ~/.pgpass (or PGPASSFILE)"
             )
         }
         sqlx::Error::Database(database) => {
@@ -325,9 +341,9 @@ fn connection_error(error: sqlx::Error, server: &Server) -> anyhow::Error {
         sqlx::Error::Io(io) if is_tls_failure(io) => anyhow::anyhow!(
             "cannot connect to PostgreSQL at {server}: TLS failed ({io}); {TLS_HINT}"
         ),
-        sqlx::Error::Io(io) if server.is_default => anyhow::anyhow!(
-            "cannot connect to PostgreSQL at {server}: {io}; start one with `docker compose up -d --wait`, or point --database-url / DATABASE_URL at a running server"
-        ),
+        sqlx::Error::Io(io) if server.is_default => {
+            anyhow::anyhow!("cannot connect to PostgreSQL at {server}: {io}")
+        }
         sqlx::Error::Io(io) => anyhow::anyhow!(
             "cannot connect to PostgreSQL at {server}: {io}; is a server running on {} and accepting TCP connections?",
             server.address
@@ -390,6 +406,15 @@ pub fn error_message(error: &sqlx::Error) -> String {
         sqlx::Error::Database(database) => database.message().to_string(),
         other => other.to_string(),
     }
+}
+
+/// Whether the schema `name` exists.
+pub async fn schema_exists(pool: &PgPool, name: &str) -> anyhow::Result<bool> {
+    sqlx::query_scalar("SELECT to_regnamespace($1) IS NOT NULL")
+        .bind(quote_ident(name))
+        .fetch_one(pool)
+        .await
+        .with_context(|| format!("cannot look up schema {name:?}"))
 }
 
 /// Reads the table's columns from the catalog; `None` when the table does not exist.

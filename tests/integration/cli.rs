@@ -679,3 +679,162 @@ fn table_columns_absent_from_the_sheet_get_their_defaults() {
         }
     }
 }
+
+// ---- rough edges a new user meets ------------------------------------------------------
+
+#[test]
+fn resume_flags_that_cannot_work_together_are_usage_errors() {
+    let dir = TempDir::new();
+    let csv = dir.path("t.csv");
+    std::fs::write(&csv, "id\n1\n").unwrap();
+    for (flags, expected) in [
+        (
+            &["--resume", "--atomic"][..],
+            "--resume cannot be combined with --atomic",
+        ),
+        (
+            &["--resume", "--mode", "replace"][..],
+            "--resume cannot be combined with --atomic or --mode replace",
+        ),
+        (&["--resume", "--dry-run"][..], "'--dry-run'"),
+        (&["--resume", "--no-ledger"][..], "'--no-ledger'"),
+        (&["--resume", "--no-resume"][..], "'--resume'"),
+        (
+            &["--no-resume", "--skip-unchanged"][..],
+            "'--skip-unchanged'",
+        ),
+    ] {
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        args.push(path_str(&csv));
+        // no server: a usage error comes before any connection
+        let run = run_importer(&args, None);
+        assert_eq!(run.code, 2, "{flags:?}: {run:?}");
+        assert!(run.stderr.contains(expected), "{flags:?}: {run:?}");
+        assert!(!run.stderr.contains("connect"), "{flags:?}: {run:?}");
+    }
+}
+
+#[test]
+fn a_zero_byte_file_is_refused_saying_it_is_empty() {
+    let dir = TempDir::new();
+    for name in ["empty.xlsx", "empty.xls", "empty.ods", "empty.csv"] {
+        let path = dir.path(name);
+        std::fs::write(&path, b"").unwrap();
+        let run = run_importer(&["run", path_str(&path)], None);
+        let line = fatal_error_line(&run);
+        assert!(
+            line.contains(&format!("{} is empty (0 bytes)", path.display())),
+            "{name}: {line}"
+        );
+    }
+    let mut command = crate::util::importer_command(&["run", "-t", "t", "-"], None, &[]);
+    let output = command
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the importer binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: standard input is empty (0 bytes)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_schema_says_how_to_create_it_before_anything_is_created() {
+    let dir = TempDir::new();
+    let csv = dir.path("t.csv");
+    std::fs::write(&csv, "id\n1\n").unwrap();
+    let db = TestDb::new();
+    for extra in [&[][..], &["--no-create"][..]] {
+        let mut args = vec!["run", "-t", "nosuch.t"];
+        args.extend_from_slice(extra);
+        args.push(path_str(&csv));
+        let run = db.importer(&args);
+        let line = fatal_error_line(&run);
+        assert!(
+            line.contains(r#"schema "nosuch" of table nosuch.t does not exist; create it first with `CREATE SCHEMA "nosuch"`"#),
+            "{extra:?}: {line}"
+        );
+    }
+    assert!(!table_exists(&db, "importer.runs"), "nothing was recorded");
+}
+
+#[test]
+fn rejects_or_summary_into_a_missing_directory_names_the_directory() {
+    let dir = TempDir::new();
+    let csv = dir.path("t.csv");
+    std::fs::write(&csv, "id\n1\n").unwrap();
+    let missing = dir.path("no/such/dir");
+    let rejects = missing.join("rejects.csv");
+    let summary = missing.join("summary.json");
+    for (flag, path) in [("--rejects", &rejects), ("--summary", &summary)] {
+        // checked before any connection: no server is needed
+        let run = run_importer(&["run", flag, path_str(path), path_str(&csv)], None);
+        let line = fatal_error_line(&run);
+        assert!(
+            line.contains(&format!(
+                "{flag} {} cannot be written: the directory {} does not exist",
+                path.display(),
+                missing.display()
+            )),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn upsert_text_table_says_written_where_append_says_inserted() {
+    let dir = TempDir::new();
+    let csv = dir.path("people.csv");
+    std::fs::write(&csv, "id,name\n1,ann\n2,bob\n").unwrap();
+    let db = TestDb::new();
+    db.execute("CREATE TABLE people (id bigint PRIMARY KEY, name text); INSERT INTO people VALUES (1, 'old')");
+    let run = db.importer(&["run", "--mode", "upsert", "--key", "id", path_str(&csv)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let header = run.stdout.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("| Written |") && !header.contains("Inserted"),
+        "{run:?}"
+    );
+    let json = db.importer(&[
+        "run",
+        "--mode",
+        "upsert",
+        "--key",
+        "id",
+        "--format",
+        "json",
+        path_str(&csv),
+    ]);
+    let stats = json.json();
+    let mut fields: Vec<&str> = stats
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut contract = STATS_FIELDS.to_vec();
+    fields.sort_unstable();
+    contract.sort_unstable();
+    assert_eq!(fields, contract, "the JSON is the contract's, nothing more");
+}
+
+#[test]
+fn run_help_says_what_dry_run_does() {
+    let run = run_importer(&["run", "--help"], None);
+    assert_eq!(run.code, 0, "{run:?}");
+    let help: String = run.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    let dry_run = help
+        .split("--dry-run ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("--dry-run is described\n{help}"));
+    for promise in [
+        "print the stats",
+        "write nothing to the database: no rows, no run ledger, no lock",
+        "A missing table is not created: the CREATE TABLE a real run would execute comes with the stats",
+    ] {
+        assert!(dry_run.contains(promise), "{promise:?} in {dry_run}");
+    }
+}

@@ -803,3 +803,78 @@ fn on_a_terminal_ctrl_c_clears_the_bar_before_the_warning_and_the_stats() {
         &screen[stopping..]
     );
 }
+
+/// The files under `dir`, as paths relative to it with `/` separators.
+fn files_under(dir: &Path, prefix: &str, found: &mut Vec<String>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("src/ is readable")
+        .map(|entry| entry.expect("a directory entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if path.is_dir() {
+            files_under(&path, &format!("{prefix}{name}/"), found);
+        } else {
+            found.push(format!("{prefix}{name}"));
+        }
+    }
+}
+
+#[test]
+fn readme_layout_names_every_file_of_src() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let section = readme
+        .split("\n## Layout\n")
+        .nth(1)
+        .expect("README has a Layout section");
+    let block = section
+        .split("```")
+        .nth(1)
+        .expect("the Layout section has a code block");
+    // entries: a line that starts with a path, and the lines indented under it
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for line in block.lines() {
+        match line.split_whitespace().next() {
+            Some(path) if !line.starts_with(' ') => {
+                entries.push((path.to_string(), line.to_string()));
+            }
+            Some(_) => {
+                if let Some((_, text)) = entries.last_mut() {
+                    text.push(' ');
+                    text.push_str(line);
+                }
+            }
+            None => {}
+        }
+    }
+    let mut files = Vec::new();
+    files_under(&root.join("src"), "src/", &mut files);
+    let missing: Vec<&String> = files
+        .iter()
+        .filter(|file| {
+            !entries.iter().any(|(path, text)| {
+                *path == **file
+                    || file.strip_prefix(path.as_str()).is_some_and(|rest| {
+                        path.ends_with('/') && {
+                            // each directory below the entry's, and the file's name, are named
+                            let mut parts: Vec<String> =
+                                rest.split('/').map(str::to_string).collect();
+                            let name = parts.pop().unwrap_or_default();
+                            parts.iter().all(|dir| text.contains(&format!("{dir}/")))
+                                && text
+                                    .split(|ch: char| {
+                                        !(ch.is_alphanumeric() || ch == '_' || ch == '.')
+                                    })
+                                    .any(|word| word == name)
+                        }
+                    })
+            })
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README's Layout does not name {missing:?}"
+    );
+}

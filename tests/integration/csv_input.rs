@@ -277,8 +277,17 @@ fn csv_flags_with_a_workbook_are_a_usage_error() {
 fn a_csv_without_a_header_line_is_refused() {
     let dir = TempDir::new();
     let db = TestDb::new();
+    let empty = dir.path("empty.csv");
+    std::fs::write(&empty, "").unwrap();
+    let line = fatal_error_line(&db.importer(&["run", path_str(&empty)]));
+    assert_eq!(
+        line,
+        format!(
+            "error: {} is empty (0 bytes): there is nothing to import",
+            empty.display()
+        )
+    );
     for (name, text) in [
-        ("empty", ""),
         ("blank", "\n\n,,\n"),
         ("numbers", "1,2.5,2024-01-02\n3,4,2024-01-03\n"),
     ] {

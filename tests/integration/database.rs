@@ -256,6 +256,111 @@ fn a_down_server_of_an_explicit_url_is_named_instead_of_docker_compose() {
     assert!(!line.contains("docker compose"), "{line}");
 }
 
+#[test]
+fn the_built_in_default_server_says_it_is_the_default_and_how_to_point_elsewhere() {
+    let dir = TempDir::new();
+    let file = csv(&dir, "people.csv", PEOPLE_CSV);
+    // no DATABASE_URL and no PG* variable; in a network namespace of its own the default
+    // server cannot answer, whatever runs on this machine
+    let mut command = std::process::Command::new("unshare");
+    command
+        .arg("--net")
+        .arg(env!("CARGO_BIN_EXE_importer"))
+        .args(["run", "--connect-timeout", "0", &file])
+        .env("RUST_LOG", "warn")
+        .env_remove("DATABASE_URL");
+    for name in importer::sink::conninfo::PG_ENVIRONMENT {
+        command.env_remove(name);
+    }
+    let output = command
+        .output()
+        .expect("unshare (util-linux) runs; this test needs it, as root or with CAP_SYS_ADMIN");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("unshare: "),
+        "this test needs `unshare --net` (util-linux, run as root): {stderr}"
+    );
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|line| line.starts_with("error: "))
+        .unwrap_or_else(|| panic!("one error line: {stderr}"));
+    for part in [
+        "localhost:5432 (database \"importer\", user \"importer\")",
+        "no --database-url, DATABASE_URL or PG* variable",
+        "the built-in default, the docker-compose.yml server",
+        "docker compose up -d --wait",
+        "point --database-url or DATABASE_URL (or the PG* variables) at your server",
+    ] {
+        assert!(line.contains(part), "{part:?} in {line}");
+    }
+}
+
+#[test]
+fn a_failed_password_says_where_the_password_comes_from() {
+    let cluster = crate::cluster::Cluster::start();
+    let hba_file = cluster
+        .scalar("SELECT current_setting('hba_file')")
+        .expect("hba_file");
+    // the test's superuser keeps trust; every other user needs a password
+    cluster.execute(&format!(
+        "CREATE ROLE loader LOGIN PASSWORD 'right';
+         COPY (VALUES ('local all all trust'), ('host all postgres 127.0.0.1/32 trust'),
+                      ('host all all 127.0.0.1/32 scram-sha-256'))
+           TO '{}';
+         SELECT pg_reload_conf();",
+        hba_file.replace('\'', "''")
+    ));
+    let port = cluster
+        .url()
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(port, _)| port.to_string())
+        .expect("the cluster URL has a port");
+    let wrong = format!("postgres://loader:wrong@127.0.0.1:{port}/postgres");
+    // the reload is signalled, not awaited: wait until passwords are asked for
+    let runtime = Runtime::new().expect("runtime");
+    let started = Instant::now();
+    while runtime.block_on(PgConnection::connect(&wrong)).is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "pg_hba.conf is reloaded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dir = TempDir::new();
+    let file = csv(&dir, "people.csv", PEOPLE_CSV);
+    let home = dir.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let home = home.to_str().unwrap();
+    let no_password = format!("postgres://loader@127.0.0.1:{port}/postgres");
+    for url in [&wrong, &no_password] {
+        // a HOME without .pgpass, so that only the URL speaks
+        let run = run_importer_with_env(
+            &[
+                "run",
+                "--database-url",
+                url,
+                "--connect-timeout",
+                "0",
+                &file,
+            ],
+            None,
+            &[("HOME", home)],
+        );
+        let line = fatal_error_line(&run);
+        assert!(
+            line.contains("password authentication failed"),
+            "{url}: {line}"
+        );
+        assert!(
+            line.contains("PGPASSWORD") && line.contains("~/.pgpass"),
+            "{url}: {line}"
+        );
+        assert!(!line.contains("wrong"), "no password in the error: {line}");
+    }
+}
+
 /// README's SQL for the run-lock key of `schema.table`, with the names as SQL literals.
 fn lock_key_sql(schema: &str, table: &str) -> String {
     let literal = |name: &str| format!("'{}'", name.replace('\'', "''"));

@@ -592,19 +592,6 @@ fn a_run_killed_mid_load_is_resumed_by_skip_unchanged_so_every_row_is_in_once() 
 }
 
 #[test]
-fn resume_refuses_a_staged_mode() {
-    let db = TestDb::new();
-    let dir = TempDir::new();
-    let file = dir.path("t.csv");
-    std::fs::write(&file, "id\n1\n").unwrap();
-    let run = db.importer(&["run", "--resume", "--atomic", file.to_str().unwrap()]);
-    assert!(
-        fatal_error_line(&run).contains("--resume cannot be combined with --atomic"),
-        "{run:?}"
-    );
-}
-
-#[test]
 fn a_staged_run_that_lost_its_lock_never_publishes() {
     use importer::sink::{TableName, chunks, ledger, load_table, staging};
     let db = TestDb::new();
@@ -619,7 +606,6 @@ fn a_staged_run_that_lost_its_lock_never_publishes() {
             .unwrap();
         let ledger = ledger::Ledger::new(importer::cli::DEFAULT_LEDGER_SCHEMA);
         ledger::create_ledger(&pool, &ledger).await.unwrap();
-        chunks::create_chunk_ledger(&pool, &ledger).await.unwrap();
         // the run took the table's lock with token 1; another run took it since (token 2)
         let run_id: i64 = sqlx::query_scalar(
             "INSERT INTO importer.runs (file_path, file_size, sha256, sheet, table_schema, table_name,

@@ -15,6 +15,7 @@ mod lifecycle;
 mod modes;
 mod nightly;
 mod rejects;
+mod resume;
 mod serve;
 mod serve_page;
 mod strategies;
